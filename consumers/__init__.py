@@ -1,0 +1,1 @@
+"""Long-running Kafka processes of the engine and the CLI that assembles them."""

@@ -1,0 +1,82 @@
+"""The engine's backing services: the configured ones, or embedded ones started for us."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from rating.db import create_pool
+from rating.embedded import EmbeddedBroker, EmbeddedPostgres
+from rating.errors import BrokerUnavailable
+from rating.migrations import migrate
+from rating.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Kafka's TopicAlreadyExists: a topic someone else created is used as it is.
+_TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    database_url: str
+    kafka_bootstrap: str
+    embedded_pids: tuple[int, ...]
+
+
+@contextlib.asynccontextmanager
+async def database_url(settings: Settings) -> AsyncIterator[tuple[str, int | None]]:
+    """The configured DSN, or an embedded server's (stopped on exit if we started it)."""
+    if settings.database_url is not None:
+        yield settings.database_url, None
+        return
+    async with EmbeddedPostgres(settings.data_dir / "postgres") as pg:
+        yield pg.dsn, pg.pid
+
+
+@contextlib.asynccontextmanager
+async def kafka_bootstrap(settings: Settings) -> AsyncIterator[tuple[str, int | None]]:
+    if settings.kafka_bootstrap is not None:
+        yield ",".join(settings.kafka_bootstrap), None
+        return
+    async with EmbeddedBroker(settings.data_dir / "broker") as broker:
+        yield broker.bootstrap, broker.pid
+
+
+@contextlib.asynccontextmanager
+async def endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
+    async with database_url(settings) as (dsn, pg_pid), \
+            kafka_bootstrap(settings) as (bootstrap, broker_pid):
+        pids = tuple(pid for pid in (pg_pid, broker_pid) if pid is not None)
+        yield Endpoints(dsn, bootstrap, pids)
+
+
+async def migrate_database(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await migrate(conn)
+
+
+async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    """Create missing topics (name -> partitions); existing ones are used as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, parts, 1) for name, parts in topics.items()
+                   if name not in existing]
+        if missing:
+            response = await admin.create_topics(missing)
+            for topic, code, message in response.topic_errors:
+                if code not in (0, _TOPIC_ALREADY_EXISTS):
+                    raise BrokerUnavailable(f"cannot create topic {topic}: {message}")
+    except KafkaError as exc:
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        await admin.close()

@@ -1,0 +1,1 @@
+"""The rating engine as a library: a pure rating core beside its PostgreSQL and settings modules."""

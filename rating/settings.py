@@ -1,0 +1,121 @@
+"""The engine's settings: one frozen dataclass, validated once, built from ``RATING_*`` variables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A bad configuration value; the message is one line naming the variable."""
+
+
+def _port(name: str, raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a port number 0-65535, got {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"{name}: expected a port number 0-65535, got {raw!r}")
+    return port
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise SettingsError(f"{name}: expected a positive integer, got {raw!r}")
+    return value
+
+
+def parse_bootstrap(name: str, raw: str) -> tuple[str, ...] | None:
+    """``host:port[,host:port…]`` -> a tuple of ``host:port``; anything else is refused."""
+    servers = []
+    for part in raw.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise SettingsError(
+                f"{name}: expected host:port[,host:port...], got {raw!r}")
+        servers.append(f"{host}:{port}")
+    return tuple(servers)
+
+
+def _database_url(name: str, raw: str) -> str | None:
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(f"{name}: expected a postgresql:// URL, got {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    database_url: str | None = None
+    kafka_bootstrap: tuple[str, ...] | None = None
+    data_dir: Path = Path(".rating")
+    tariffs_dir: Path = Path("tariffs")
+    metrics_port: int = 9108
+    http_port: int = 8080
+    http_host: str = "0.0.0.0"
+    api_token: str | None = None
+    usage_topic: str = "usage.events"
+    dlq_topic: str = "usage.events.dlq"
+    balance_topic: str = "balance.events"
+    consumer_group: str = "rating-engine"
+    recharge_group: str = "rating-engine-recharge"
+    batch_max_events: int = 2000
+    tariff_poll_seconds: int = 2
+    shutdown_grace_seconds: int = 25
+    # Only a simulated payment provider ships here: "succeed", "decline" or "delay:SECONDS".
+    payment_simulation: str = "succeed"
+
+    def __post_init__(self) -> None:
+        for name in ("usage_topic", "dlq_topic", "balance_topic", "consumer_group",
+                     "recharge_group"):
+            if not getattr(self, name):
+                raise SettingsError(f"{name}: must not be empty")
+        if self.batch_max_events < 1:
+            raise SettingsError("batch_max_events: must be >= 1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build from an environment mapping; the first bad value raises ``SettingsError``."""
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        def parsed(name: str, parse: Callable[[str, str], T], default: T) -> T:
+            raw = get(name)
+            return default if raw is None else parse(name, raw)
+
+        def text(name: str, default: str) -> str:
+            return get(name) or default
+
+        defaults = cls()
+        return cls(
+            database_url=parsed("RATING_DATABASE_URL", _database_url, None),
+            kafka_bootstrap=parsed("RATING_KAFKA_BOOTSTRAP", parse_bootstrap, None),
+            data_dir=Path(text("RATING_DATA_DIR", str(defaults.data_dir))),
+            tariffs_dir=Path(text("RATING_TARIFFS_DIR", str(defaults.tariffs_dir))),
+            metrics_port=parsed("RATING_METRICS_PORT", _port, defaults.metrics_port),
+            http_port=parsed("RATING_HTTP_PORT", _port, defaults.http_port),
+            http_host=text("RATING_HTTP_HOST", defaults.http_host),
+            api_token=get("RATING_API_TOKEN"),
+            usage_topic=text("RATING_USAGE_TOPIC", defaults.usage_topic),
+            dlq_topic=text("RATING_DLQ_TOPIC", defaults.dlq_topic),
+            balance_topic=text("RATING_BALANCE_TOPIC", defaults.balance_topic),
+            consumer_group=text("RATING_CONSUMER_GROUP", defaults.consumer_group),
+            recharge_group=text("RATING_RECHARGE_GROUP", defaults.recharge_group),
+            batch_max_events=parsed("RATING_BATCH_MAX_EVENTS", _positive_int,
+                                    defaults.batch_max_events),
+            tariff_poll_seconds=parsed("RATING_TARIFF_POLL_SECONDS", _positive_int,
+                                       defaults.tariff_poll_seconds),
+            shutdown_grace_seconds=parsed("RATING_SHUTDOWN_GRACE_SECONDS", _positive_int,
+                                          defaults.shutdown_grace_seconds),
+            payment_simulation=text("RATING_PAYMENT_SIMULATION", defaults.payment_simulation),
+        )
