@@ -1,0 +1,137 @@
+"""Hot reload of the tariff files: polls for changes and reloads on SIGHUP.
+
+A bad edit is logged issue by issue and the previous book stays in force; the
+metrics below let an alert fire when the files in place are not the ones in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from types import TracebackType
+
+from prometheus_client import Counter, Gauge
+
+from rating.tariff_store import ReloadResult, TariffStore
+
+log = logging.getLogger(__name__)
+
+RELOADS = Counter(
+    "rating_tariff_reload",
+    "Tariff reload attempts by result (ok: new book in force; error: old book kept).",
+    ["result"],
+)
+LAST_RELOAD_SUCCESS = Gauge(
+    "rating_tariff_last_reload_success",
+    "1 if the last tariff reload attempt succeeded, 0 if the files on disk are invalid.",
+)
+LAST_RELOAD_TIMESTAMP = Gauge(
+    "rating_tariff_last_reload_timestamp_seconds",
+    "Unix time at which the tariff book in force was loaded.",
+)
+
+
+class TariffWatcher:
+    """Reloads ``store`` when its files change (every ``interval_s``) or on SIGHUP."""
+
+    def __init__(self, store: TariffStore, interval_s: float = 2.0) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        self._store = store
+        self._interval_s = interval_s
+        self._wake = asyncio.Event()
+        self._force = False
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._sighup = False
+        self._closed = False
+
+    async def start(self) -> None:
+        """Start polling; the book the store already holds counts as loaded now."""
+        if self._closed:
+            raise RuntimeError("TariffWatcher is closed")
+        if self._task is not None:
+            return
+        LAST_RELOAD_SUCCESS.set(1)
+        LAST_RELOAD_TIMESTAMP.set(time.time())
+        loop = asyncio.get_running_loop()
+        # Windows has no SIGHUP and add_signal_handler only works in the main thread.
+        with contextlib.suppress(AttributeError, NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            self._sighup = True
+        self._task = asyncio.create_task(self._run(), name="tariff-watcher")
+
+    async def close(self) -> None:
+        """Stop polling and release SIGHUP; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sighup:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            self._sighup = False
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> TariffWatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading tariffs")
+        self._force = True
+        self._wake.set()
+
+    async def reload_now(self, *, force: bool = True) -> ReloadResult | None:
+        """Reload (or only if changed, ``force=False``) and record the outcome."""
+        async with self._lock:
+            # A 100 000-row deck takes about a second to load: keep it off the loop.
+            if force:
+                result: ReloadResult | None = await asyncio.to_thread(self._store.reload)
+            else:
+                result = await asyncio.to_thread(self._store.reload_if_changed)
+        if result is not None:
+            self._record(result)
+        return result
+
+    def _record(self, result: ReloadResult) -> None:
+        if result.ok:
+            RELOADS.labels(result="ok").inc()
+            LAST_RELOAD_SUCCESS.set(1)
+            LAST_RELOAD_TIMESTAMP.set(time.time())
+            log.info("tariffs reloaded: %d plans", len(self._store.book))
+            return
+        RELOADS.labels(result="error").inc()
+        LAST_RELOAD_SUCCESS.set(0)
+        log.error(
+            "tariff reload failed, keeping the previous tariffs: %d issues", len(result.issues)
+        )
+        for issue in result.issues:
+            log.error("tariff issue: %s", issue)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            self._wake.clear()
+            force, self._force = self._force, False
+            try:
+                await self.reload_now(force=force)
+            except Exception:
+                # The watcher must outlive a surprise (e.g. a permission change); the
+                # engine keeps rating with the book it has.
+                log.exception("tariff reload crashed; retrying in %.1f s", self._interval_s)

@@ -1,0 +1,59 @@
+"""Exact money arithmetic in integer micro-units (10**-6 of a currency unit).
+
+Amounts cross every interface as decimal strings with up to 6 decimals; inside
+the engine they are plain ``int`` micro-units so no float ever touches money.
+"""
+
+from __future__ import annotations
+
+import re
+
+MICRO = 1_000_000
+DECIMALS = 6
+
+# Anchored and ASCII-only: ``str.isdigit`` would accept other scripts' digits.
+_AMOUNT_RE = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?", re.ASCII)
+
+
+def parse_amount(text: str) -> int:
+    """Parse a decimal string such as ``"12.3456"`` or ``"-0.5"`` into micro-units.
+
+    Raises ``ValueError`` naming the problem for anything that is not a plain
+    decimal with at most 6 decimals (floats, exponents, ``NaN``, ``+1``, ``1.``).
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"amount must be a decimal string, got {type(text).__name__}")
+    match = _AMOUNT_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a decimal amount: {text!r}")
+    sign, whole, frac = match.groups()
+    if frac is None:
+        frac = ""
+    if len(frac) > DECIMALS:
+        raise ValueError(f"more than {DECIMALS} decimals: {text!r}")
+    micros = int(whole) * MICRO + int(frac.ljust(DECIMALS, "0"))
+    return -micros if sign else micros
+
+
+def format_amount(micros: int) -> str:
+    """Format micro-units as a decimal string with exactly 6 decimals."""
+    if not isinstance(micros, int) or isinstance(micros, bool):
+        raise TypeError(f"micro-units must be an int, got {type(micros).__name__}")
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICRO)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+def round_half_up_div(numer: int, denom: int) -> int:
+    """``numer / denom`` rounded to the nearest integer, halves away from zero.
+
+    Money amounts are rounded "half up" in the commercial sense, so a negative
+    half rounds to the more negative integer, mirroring the positive case.
+    """
+    if type(numer) is not int or type(denom) is not int:
+        raise TypeError("round_half_up_div takes ints only")
+    if denom <= 0:
+        raise ValueError("denominator must be positive")
+    if numer >= 0:
+        return (2 * numer + denom) // (2 * denom)
+    return -((-2 * numer + denom) // (2 * denom))
