@@ -1,0 +1,207 @@
+"""Assembles the running engine: services, consumers, relay, recharge worker, API, metrics.
+
+``run`` uses the configured services (or embedded ones when none are configured);
+``dev`` adds demo accounts and a simulated voice switch with a live status line.
+Shutdown (SIGTERM or Ctrl-C): stop fetching, finish and commit the batch in
+flight, stop the workers, then the embedded services; exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import start_http_server
+
+from consumers.outbox_relay import OutboxRelay
+from consumers.services import Endpoints, endpoints, ensure_topics, migrate_database
+from consumers.tariff_watcher import TariffWatcher
+from consumers.usage_consumer import UsageConsumer
+from rating.db import create_pool
+from rating.errors import BrokerUnavailable
+from rating.settings import Settings
+from rating.tariff_store import TariffStore
+
+log = logging.getLogger(__name__)
+
+USAGE_PARTITIONS = 8
+BALANCE_PARTITIONS = 4
+
+
+def parse_rate(text: str) -> float:
+    """``"200/s"`` or ``"200"`` -> 200.0 events per second."""
+    number = text.removesuffix("/s").strip()
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"--rate: expected N/s, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"--rate: must be positive, got {text!r}")
+    return value
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    endpoints: Endpoints
+    pool: asyncpg.Pool
+    producer: AIOKafkaProducer
+    tariffs: TariffStore
+    consumer: UsageConsumer
+    relay: OutboxRelay
+    metrics_port: int
+    http_port: int
+
+    async def readiness(self) -> dict[str, bool]:
+        try:
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 2)
+            database = True
+        except Exception:  # any failure means not ready; the reason is in the logs
+            database = False
+        return {"database": database, "tariffs": self.tariffs.book is not None,
+                "kafka": self.consumer.batches_committed >= 0 and not self.consumer.stopping.is_set()}
+
+
+@contextlib.asynccontextmanager
+async def kafka_producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    # acks=all and no idempotence: the embedded broker has no idempotent producer,
+    # and correctness never depends on it (the ledger deduplicates).
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                request_timeout_ms=15_000)
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        await producer.stop()
+        raise BrokerUnavailable(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+def load_tariff_store(settings: Settings) -> TariffStore:
+    return TariffStore(settings.tariffs_dir)
+
+
+async def serve(settings: Settings, *, on_ready: object = None,
+                dev_options: argparse.Namespace | None = None) -> int:
+    """Run until SIGTERM/SIGINT; return the exit status."""
+    tariffs = load_tariff_store(settings)
+    async with endpoints(settings) as ends:
+        pool = await create_pool(ends.database_url, max_size=10)
+        try:
+            await migrate_database(pool)
+            await ensure_topics(ends.kafka_bootstrap, {
+                settings.usage_topic: USAGE_PARTITIONS, settings.dlq_topic: 1,
+                settings.balance_topic: BALANCE_PARTITIONS})
+            async with kafka_producer(ends.kafka_bootstrap) as producer:
+                return await _run_components(settings, ends, pool, producer, tariffs,
+                                             dev_options)
+        finally:
+            await pool.close()
+
+
+async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Pool,
+                          producer: AIOKafkaProducer, tariffs: TariffStore,
+                          dev_options: argparse.Namespace | None) -> int:
+    consumer = UsageConsumer(settings, ends.kafka_bootstrap, pool, tariffs, producer)
+    relay = OutboxRelay(pool, producer, settings.balance_topic)
+    metrics_server, _thread = start_http_server(settings.metrics_port, addr=settings.http_host)
+    metrics_port = metrics_server.server_port
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(metrics_server.shutdown)
+        watcher = TariffWatcher(tariffs, float(settings.tariff_poll_seconds))
+        await watcher.start()
+        stack.push_async_callback(watcher.close)
+        await consumer.start()
+        stack.push_async_callback(consumer.close)
+        engine = Engine(settings, ends, pool, producer, tariffs, consumer, relay, metrics_port,
+                        0)
+        extras = await _start_extras(engine, stack)
+        tasks = [asyncio.create_task(consumer.run(), name="usage-consumer"),
+                 asyncio.create_task(relay.run(), name="outbox-relay"),
+                 *extras.tasks]
+        if dev_options is not None:
+            from consumers.dev import start_dev
+
+            tasks += await start_dev(engine, dev_options, stack)
+        _announce(engine, extras.http_port)
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper and t.exception() is not None]
+        log.info("shutting down: finishing the batch in flight")
+        consumer.request_stop()
+        relay.request_stop()
+        for request_stop in extras.stoppers:
+            request_stop()
+        for task in tasks:
+            if task.get_name() in ("simulator", "status-line"):
+                task.cancel()
+        await asyncio.wait(tasks, timeout=settings.shutdown_grace_seconds)
+        for task in tasks:
+            task.cancel()
+        for task in failed:
+            exc = task.exception()
+            log.error("%s failed: %s", task.get_name(), exc, exc_info=exc)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        return 1 if failed else 0
+    return 0  # pragma: no cover  (the exit stack never swallows exceptions)
+
+
+@dataclass
+class Extras:
+    tasks: list[asyncio.Task[None]]
+    stoppers: list[object]
+    http_port: int
+
+
+async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack) -> Extras:
+    """The recharge worker and the HTTP API."""
+    from consumers.wiring import start_api_and_recharge
+
+    return await start_api_and_recharge(engine, stack)
+
+
+def _announce(engine: Engine, http_port: int) -> None:
+    ends = engine.endpoints
+    lines = [
+        "rating engine running",
+        f"  PostgreSQL     {ends.database_url.rpartition('@')[2]}"
+        + ("  (embedded)" if engine.settings.database_url is None else ""),
+        f"  Kafka          {ends.kafka_bootstrap}"
+        + ("  (embedded)" if engine.settings.kafka_bootstrap is None else ""),
+        f"  metrics        http://127.0.0.1:{engine.metrics_port}/metrics",
+        f"  account API    http://127.0.0.1:{http_port}/v1/accounts/{{id}}"
+        f"   (health: /healthz, /readyz)",
+        f"  tariffs        {engine.settings.tariffs_dir}",
+        "  stop with Ctrl-C (or SIGTERM)",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def command(args: argparse.Namespace, settings: Settings) -> int:
+    """Entry for ``run``, ``dev`` and ``simulate``."""
+    if args.verb == "simulate":
+        from consumers.simulator import simulate_command
+
+        return asyncio.run(simulate_command(settings, args))
+    dev_options = args if args.verb == "dev" else None
+    if dev_options is not None:
+        parse_rate(args.rate)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return asyncio.run(serve(settings, dev_options=dev_options))

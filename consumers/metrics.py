@@ -1,0 +1,46 @@
+"""Prometheus metrics of the engine (names per Prometheus conventions, base units)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter(
+    "rating_events_consumed_total", "Usage events read from Kafka, by CloudEvents type.",
+    ["type"])
+EVENTS_APPLIED = Counter(
+    "rating_events_applied_total", "Usage events rated and written to the ledger, by service.",
+    ["service"])
+EVENTS_DUPLICATE = Counter(
+    "rating_events_duplicate_total", "Usage events already in the ledger (redeliveries).")
+EVENTS_DLQ = Counter(
+    "rating_events_dlq_total", "Usage events sent to the dead-letter topic, by error code.",
+    ["reason"])
+AMOUNT_DEBITED = Counter(
+    "rating_debited_amount_total",
+    "Money debited from credit (or accrued on invoices), in currency units.",
+    ["service", "currency", "billing"])
+BATCH_EVENTS = Histogram(
+    "rating_batch_events", "Usage events per polled batch.",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000))
+DEBIT_SECONDS = Histogram(
+    "rating_debit_transaction_seconds", "Duration of one batch's debit transaction.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+EVENT_TO_COMMIT_SECONDS = Histogram(
+    "rating_event_to_commit_seconds",
+    "From a usage event's time to the commit of its debit.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+CONSUMER_LAG = Gauge(
+    "rating_consumer_lag_events", "Events in the partition not yet consumed.",
+    ["topic", "partition"])
+TRANSIENT_ERRORS = Counter(
+    "rating_transient_errors_total",
+    "Failures of a dependency that were retried (nothing skipped), by dependency.",
+    ["dependency"])
+OUTBOX_BACKLOG = Gauge(
+    "rating_outbox_backlog_events", "Balance events written but not yet published.")
+BALANCE_EVENTS_PUBLISHED = Counter(
+    "rating_balance_events_published_total", "Balance events published, by type.", ["type"])
+OFFSET_COMMIT_FAILURES = Counter(
+    "rating_offset_commit_failures_total",
+    "Offset commits refused (e.g. after a rebalance); the events are redelivered and "
+    "deduplicated.")

@@ -1,0 +1,230 @@
+"""The usage consumer: Kafka batch -> decode -> rate -> one debit transaction -> offsets.
+
+Order per polled batch, which is what makes the effect exactly-once:
+  1. decode and rate every event in memory (bad ones are set aside for the DLQ);
+  2. write all rated events in ONE PostgreSQL transaction (duplicates do nothing);
+  3. publish the set-aside events to the DLQ and wait for the broker's ack;
+  4. only then commit the Kafka offsets.
+A crash anywhere before 4 redelivers the batch; step 2 then changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from consumers import metrics
+from consumers.retry import StoppedWhileRetrying, retry_transient
+from rating.errors import PermanentError, UnknownAccount
+from rating.events import UsageEvent, decode_usage_event
+from rating.ledger import AccountInfo, BatchResult, RatedUsage, apply_usage, lookup_accounts
+from rating.rate import rate
+from rating.settings import Settings
+from rating.tariff_store import TariffStore
+
+log = logging.getLogger(__name__)
+Record = ConsumerRecord[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    record: Record
+    code: str
+    reason: str
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    rated: list[RatedUsage]
+    rejected: list[Rejected]
+    repeated: int = 0  # the same (source, id) more than once in this batch
+
+
+def decode_all(records: Sequence[Record]) -> tuple[list[tuple[Record, UsageEvent]],
+                                                   list[Rejected]]:
+    decoded: list[tuple[Record, UsageEvent]] = []
+    rejected: list[Rejected] = []
+    types: Counter[str] = Counter()
+    for record in records:
+        try:
+            event = decode_usage_event(record.value or b"")
+        except PermanentError as exc:
+            rejected.append(Rejected(record, exc.code, exc.message))
+            types["invalid"] += 1
+            continue
+        types[f"usage.{event.service}"] += 1
+        decoded.append((record, event))
+    for type_, n in types.items():
+        metrics.EVENTS_CONSUMED.labels(type_).inc(n)
+    return decoded, rejected
+
+
+def rate_all(decoded: Sequence[tuple[Record, UsageEvent]], accounts: dict[str, AccountInfo],
+             tariffs: TariffStore, received: datetime) -> PreparedBatch:
+    """Pure rating of a batch against one tariff snapshot."""
+    book = tariffs.book
+    batch = PreparedBatch([], [])
+    seen: set[tuple[str, str]] = set()
+    for record, event in decoded:
+        key = (event.source, event.event_id)
+        if key in seen:  # the ledger would ignore it too; skip the work
+            batch.repeated += 1
+            continue
+        seen.add(key)
+        account = accounts.get(event.account_id)
+        try:
+            if account is None:
+                raise UnknownAccount(f"unknown account {event.account_id!r}")
+            charge = rate(event, book, account.plan_id)
+        except PermanentError as exc:
+            batch.rejected.append(Rejected(record, exc.code, exc.message))
+            continue
+        on_invoice = event.service == "stt" and account.stt_billing == "invoice"
+        batch.rated.append(RatedUsage(charge, event.time or received, on_invoice))
+    return batch
+
+
+class UsageConsumer:
+    """Consumes ``usage.events`` in batches; one instance per consumer-group member."""
+
+    def __init__(self, settings: Settings, bootstrap: str, pool: asyncpg.Pool,
+                 tariffs: TariffStore, producer: AIOKafkaProducer) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._tariffs = tariffs
+        self._producer = producer
+        self._consumer = AIOKafkaConsumer(
+            settings.usage_topic, bootstrap_servers=bootstrap, group_id=settings.consumer_group,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=settings.batch_max_events, fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=16 * 1024 * 1024)
+        self.stopping = asyncio.Event()
+        self._started = False
+        self._closed = False
+        self.batches_committed = 0
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("usage consumer is closed")
+        await self._consumer.start()
+        self._started = True
+
+    def request_stop(self) -> None:
+        """Stop fetching; the batch in flight is finished and committed."""
+        self.stopping.set()
+
+    async def run(self) -> None:
+        while not self.stopping.is_set():
+            records = await self._poll()
+            if not records:
+                continue
+            try:
+                await self.process(records)
+            except StoppedWhileRetrying as exc:
+                log.warning("stopping with batch uncommitted (%s); it will be redelivered", exc)
+                return
+
+    async def _poll(self) -> list[Record]:
+        try:
+            fetched = await self._consumer.getmany(
+                timeout_ms=200, max_records=self._settings.batch_max_events)
+        except KafkaError as exc:
+            metrics.TRANSIENT_ERRORS.labels("kafka").inc()
+            log.warning("fetch failed (%s); retrying", exc)
+            await asyncio.sleep(0.5)
+            return []
+        return [r for partition in fetched.values() for r in partition]
+
+    async def process(self, records: list[Record]) -> None:
+        metrics.BATCH_EVENTS.observe(len(records))
+        received = datetime.now(UTC)
+        decoded, rejected = decode_all(records)
+        result, prepared = await retry_transient(
+            lambda: self._rate_and_write(decoded, received), what="debit transaction",
+            stopping=self.stopping)
+        committed_at = time.time()
+        for usage in prepared.rated:
+            metrics.EVENT_TO_COMMIT_SECONDS.observe(
+                max(0.0, committed_at - usage.event_time.timestamp()))
+        rejected += prepared.rejected
+        if rejected:
+            await retry_transient(lambda: self._send_to_dlq(rejected), what="DLQ publish",
+                                  stopping=self.stopping)
+        await self._commit(records)
+        self._count(result, rejected)
+        if prepared.repeated:
+            metrics.EVENTS_DUPLICATE.inc(prepared.repeated)
+
+    async def _rate_and_write(self, decoded: list[tuple[Record, UsageEvent]],
+                              received: datetime) -> tuple[BatchResult, PreparedBatch]:
+        async with self._pool.acquire() as conn:
+            accounts = await lookup_accounts(conn, list({e.account_id for _, e in decoded}))
+            prepared = rate_all(decoded, accounts, self._tariffs, received)
+            started = time.perf_counter()
+            async with conn.transaction():
+                result = await apply_usage(conn, prepared.rated)
+            metrics.DEBIT_SECONDS.observe(time.perf_counter() - started)
+        return result, prepared
+
+    async def _send_to_dlq(self, rejected: list[Rejected]) -> None:
+        futures = []
+        for item in rejected:
+            record = item.record
+            headers = [
+                ("error", item.reason.encode()), ("error_code", item.code.encode()),
+                ("source_topic", record.topic.encode()),
+                ("source_partition", str(record.partition).encode()),
+                ("source_offset", str(record.offset).encode()),
+            ]
+            futures.append(await self._producer.send(
+                self._settings.dlq_topic, value=record.value, key=record.key, headers=headers,
+                partition=None))
+        await asyncio.gather(*futures)
+
+    async def _commit(self, records: list[Record]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # The partitions moved to another member, which re-reads these events;
+            # the ledger's unique key makes that harmless.
+            metrics.OFFSET_COMMIT_FAILURES.inc()
+            log.warning("offset commit refused (%s); events will be redelivered", exc)
+            return
+        self.batches_committed += 1
+        for tp, next_offset in offsets.items():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
+                    max(0, highwater - next_offset))
+
+    @staticmethod
+    def _count(result: BatchResult, rejected: list[Rejected]) -> None:
+        for code, n in Counter(item.code for item in rejected).items():
+            metrics.EVENTS_DLQ.labels(code).inc(n)
+        if result.duplicates:
+            metrics.EVENTS_DUPLICATE.inc(result.duplicates)
+        for total in result.totals:
+            metrics.EVENTS_APPLIED.labels(total.service).inc(total.events)
+            metrics.AMOUNT_DEBITED.labels(
+                total.service, total.currency, "invoice" if total.kind == "invoice" else "credit",
+            ).inc(total.amount / 1_000_000)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            await self._consumer.stop()
