@@ -1,0 +1,422 @@
+"""The account API (aiohttp): balances, ledger, usage, top-ups, settings, authorization.
+
+JSON in and out; money as decimal strings. Reads are open; every write needs
+``Authorization: Bearer <RATING_API_TOKEN>`` and is refused when no token is set.
+Errors are ``{"error": {"code", "message"}}`` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from rating.accounts import (
+    Account,
+    AccountStore,
+    IdempotencyConflict,
+    LedgerEntry,
+    account_json,
+)
+from rating.errors import NoRate, RatingError, TransientError, UnknownAccount, UnknownPlan
+from rating.money import format_amount, parse_amount
+from rating.payments import PaymentDeclined
+from rating.pricing import TimedRate, seconds_covered
+from rating.rate import call_rate_for
+from rating.recharges import TopupService
+from rating.settings import Settings
+from rating.tariff import TariffBook
+from rating.tariff_store import TariffStore
+
+log = logging.getLogger(__name__)
+
+Readiness = Callable[[], Awaitable[dict[str, bool]]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPENAPI = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
+SERVICES = ("call", "tollfree", "sms", "stt")
+_E164 = re.compile(r"\+[0-9]{6,15}", re.ASCII)
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return json_response({"error": {"code": code, "message": message}}, status)
+
+
+def _status_of(exc: RatingError) -> int:
+    if isinstance(exc, UnknownAccount):
+        return 404
+    if isinstance(exc, IdempotencyConflict):
+        return 409
+    if isinstance(exc, PaymentDeclined):
+        return 402
+    if isinstance(exc, TransientError):
+        return 503
+    return 422
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.code, exc.message)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    except web.HTTPException as exc:  # routing and body-size errors raised by aiohttp
+        if exc.status < 400:
+            raise
+        response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"),
+                                  exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except RatingError as exc:
+        return error_response(_status_of(exc), exc.code, exc.message)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error")
+
+
+# --- decoding request input ------------------------------------------------------------
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise ApiError(400, "missing_field", f"{name}: required")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ApiError(400, "invalid_field", f"{name}: expected {kind.__name__}")
+    return value
+
+
+def amount_field(body: dict[str, Any], name: str) -> int:
+    text = field(body, name, str)
+    try:
+        return parse_amount(text)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_amount", f"{name}: {exc}") from None
+
+
+def _int_query(request: web.Request, name: str, default: int | None, low: int,
+               high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ApiError(400, "invalid_query", f"{name}: expected an integer {low}..{high}")
+    return int(raw)
+
+
+def _since(request: web.Request) -> datetime | None:
+    raw = request.query.get("since")
+    if not raw:
+        return None
+    try:
+        when = datetime.fromisoformat(raw.replace(" ", "+"))
+    except ValueError:
+        raise ApiError(400, "invalid_query", "since: expected an RFC 3339 time") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat().replace("+00:00", "Z")
+
+
+def entry_json(e: LedgerEntry) -> dict[str, object]:
+    return {"entry_id": e.entry_id, "kind": e.kind, "service": e.service,
+            "source": e.event_source, "event_id": e.event_id,
+            "amount": format_amount(e.amount), "accrued": format_amount(e.accrued),
+            "currency": e.currency.strip(), "country": e.country, "reason": e.reason,
+            "event_time": _iso(e.event_time), "recorded_at": _iso(e.recorded_at)}
+
+
+# --- pre-call authorization -----------------------------------------------------------
+
+def _e164(query: Mapping[str, str], name: str) -> str:
+    # An unencoded "+" in a query string arrives as a space.
+    value = query.get(name, "").strip()
+    if value.isascii() and value.isdigit():
+        value = "+" + value
+    if not _E164.fullmatch(value):
+        raise ValueError(f"{name}: expected an E.164 number such as +442071234567")
+    return value
+
+
+def _timed(base: dict[str, object], budget: int, rate: TimedRate) -> dict[str, object]:
+    max_seconds = seconds_covered(budget, rate)
+    return {**base, "allowed": max_seconds > 0, "max_seconds": max_seconds,
+            "rate": {"per_minute": format_amount(rate.rate_per_minute),
+                     "connect_fee": format_amount(rate.connect_fee),
+                     "increment": str(rate.increment)}}
+
+
+def authorize(account: Account, book: TariffBook, query: Mapping[str, str]) -> dict[str, object]:
+    """May ``account`` start this service now, and for how long (``max_seconds``)?
+
+    Raises ``ValueError`` for a malformed query.
+    """
+    service = query.get("service", "")
+    if service not in SERVICES:
+        raise ValueError("service: expected call, tollfree, sms or stt")
+    base: dict[str, object] = {"service": service, "balance": format_amount(account.balance),
+                               "currency": account.currency}
+    try:
+        if service == "call":
+            return _timed(base, account.balance,
+                          call_rate_for(book, account.plan_id, _e164(query, "destination")))
+        version = book.plan(account.plan_id)
+        if service == "tollfree":
+            number, direction = _e164(query, "number"), query.get("direction", "inbound")
+            if direction not in ("inbound", "outbound"):
+                raise ValueError("direction: expected inbound or outbound")
+            if version.tollfree is None:
+                raise NoRate(f"plan {account.plan_id!r} does not price toll-free")
+            return _timed(base, account.balance, version.tollfree.lookup(number, direction)[1])
+        if service == "sms":
+            destination = _e164(query, "destination")
+            if version.sms is None:
+                raise NoRate(f"plan {account.plan_id!r} does not price SMS")
+            price = version.sms.lookup(destination)[1]
+            segments = account.balance // price if price > 0 else None
+            return {**base, "allowed": segments is None or segments >= 1, "max_seconds": None,
+                    "max_segments": segments, "rate": {"per_segment": format_amount(price)}}
+        if version.stt is None:
+            raise NoRate(f"plan {account.plan_id!r} does not price speech-to-text")
+        if account.stt_billing == "invoice":
+            return {**base, "allowed": True, "max_seconds": None, "billing": "invoice",
+                    "rate": _timed(base, 0, version.stt)["rate"]}
+        return {**_timed(base, account.balance, version.stt), "billing": "credit"}
+    except (NoRate, UnknownPlan) as exc:
+        return {**base, "allowed": False, "max_seconds": None, "rate": None,
+                "reason": exc.code, "message": exc.message}
+
+
+# --- the application -------------------------------------------------------------------
+
+class HttpApi:
+    """The account API server; ``start()`` binds ``settings.http_host:http_port``."""
+
+    def __init__(self, *, store: AccountStore, tariffs: TariffStore, topups: TopupService,
+                 settings: Settings, readiness: Readiness) -> None:
+        self._store = store
+        self._tariffs = tariffs
+        self._topups = topups
+        self._settings = settings
+        self._readiness = readiness
+        self._runner: web.AppRunner | None = None
+        self._closed = False
+        self.port: int | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[errors_as_json], client_max_size=64 * 1024)
+        account = "/v1/accounts/{account_id}"
+        app.router.add_get("/healthz", self.healthz, allow_head=False)
+        app.router.add_get("/readyz", self.readyz, allow_head=False)
+        app.router.add_get("/openapi.json", self.openapi, allow_head=False)
+        app.router.add_get(account, self.get_account, allow_head=False)
+        app.router.add_get(f"{account}/ledger", self.ledger, allow_head=False)
+        app.router.add_get(f"{account}/usage", self.usage, allow_head=False)
+        app.router.add_get(f"{account}/authorize", self.authorize, allow_head=False)
+        app.router.add_post(f"{account}/topups", self.topup)
+        app.router.add_put(f"{account}/auto-recharge", self.auto_recharge)
+        app.router.add_put(f"{account}/stt-billing", self.stt_billing)
+        app.router.add_post(f"{account}/adjustments", self.adjust)
+        return app
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("HTTP API is closed")
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._settings.http_host, self._settings.http_port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> HttpApi:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    def _require_token(self, request: web.Request) -> None:
+        token = self._settings.api_token
+        if token is None:
+            raise ApiError(401, "unauthorized",
+                           "writes are disabled: RATING_API_TOKEN is not set")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise ApiError(401, "unauthorized", "missing bearer token")
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise ApiError(401, "unauthorized", "invalid bearer token")
+
+    # --- probes and documents ---
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        try:
+            checks = await self._readiness()
+        except Exception as exc:
+            return json_response({"ready": False, "checks": {}, "error": str(exc)}, 503)
+        ready = bool(checks) and all(checks.values())
+        return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    async def openapi(self, _request: web.Request) -> web.Response:
+        try:
+            body = OPENAPI.read_bytes()
+        except OSError:
+            raise ApiError(404, "not_found", "openapi.json is not installed") from None
+        return web.Response(body=body, content_type="application/json")
+
+    # --- reads ---
+
+    async def get_account(self, request: web.Request) -> web.Response:
+        return json_response(account_json(await self._store.get(request.match_info["account_id"])))
+
+    async def ledger(self, request: web.Request) -> web.Response:
+        account_id = request.match_info["account_id"]
+        limit = _int_query(request, "limit", 50, 1, 500) or 50
+        before = _int_query(request, "before", None, 1, 2**63 - 1)
+        await self._store.get(account_id)
+        entries = await self._store.recent_ledger(account_id, limit, before)
+        return json_response({
+            "account_id": account_id, "entries": [entry_json(e) for e in entries],
+            "next_before": entries[-1].entry_id if len(entries) == limit else None})
+
+    async def usage(self, request: web.Request) -> web.Response:
+        account_id = request.match_info["account_id"]
+        since = _since(request)
+        account = await self._store.get(account_id)
+        totals = await self._store.usage_by_service(account_id, since)
+        services = {}
+        for service in SERVICES:
+            debited, accrued, events = totals.get(service, (0, 0, 0))
+            services[service] = {"debited": format_amount(debited),
+                                 "accrued": format_amount(accrued), "events": events}
+        return json_response({"account_id": account_id, "currency": account.currency,
+                              "since": _iso(since), "services": services})
+
+    async def authorize(self, request: web.Request) -> web.Response:
+        account = await self._store.get(request.match_info["account_id"])
+        try:
+            decision = authorize(account, self._tariffs.book, dict(request.query))
+        except ValueError as exc:
+            raise ApiError(400, "invalid_query", str(exc)) from None
+        return json_response(decision)
+
+    # --- writes ---
+
+    async def topup(self, request: web.Request) -> web.Response:
+        self._require_token(request)
+        body = await json_body(request)
+        amount = amount_field(body, "amount")
+        key = self._idempotency_key(request, body)
+        if amount <= 0:
+            raise ApiError(422, "invalid_amount", "amount: must be greater than zero")
+        result = await self._topups.topup(request.match_info["account_id"], amount, key)
+        status = 202 if result.status == "pending" else 201 if result.credited else 200
+        return json_response({"status": result.status, "credited": result.credited,
+                              "replay": result.replay, "payment_id": result.payment_id,
+                              "amount": format_amount(amount),
+                              "account": account_json(result.account)}, status)
+
+    async def auto_recharge(self, request: web.Request) -> web.Response:
+        self._require_token(request)
+        body = await json_body(request)
+        account_id = request.match_info["account_id"]
+        if not field(body, "enabled", bool):
+            account = await self._store.set_auto_recharge(account_id, amount=None, below=None)
+            return json_response(account_json(account))
+        amount, below = amount_field(body, "amount"), amount_field(body, "below")
+        if amount <= 0:
+            raise ApiError(422, "invalid_amount", "amount: must be greater than zero")
+        if below < 0:
+            raise ApiError(422, "invalid_amount", "below: must not be negative")
+        account = await self._store.set_auto_recharge(account_id, amount=amount, below=below)
+        return json_response(account_json(account))
+
+    async def stt_billing(self, request: web.Request) -> web.Response:
+        self._require_token(request)
+        mode = field(await json_body(request), "mode", str)
+        if mode not in ("credit", "invoice"):
+            raise ApiError(422, "invalid_mode", "mode: expected 'credit' or 'invoice'")
+        account = await self._store.set_stt_billing(request.match_info["account_id"], mode)
+        return json_response(account_json(account))
+
+    async def adjust(self, request: web.Request) -> web.Response:
+        self._require_token(request)
+        body = await json_body(request)
+        amount = amount_field(body, "amount")
+        reason = field(body, "reason", str).strip()
+        key = self._idempotency_key(request, body)
+        if amount == 0 or not reason:
+            raise ApiError(422, "invalid_adjustment",
+                           "an adjustment needs a non-zero amount and a reason")
+        account_id = request.match_info["account_id"]
+        result = await self._store.credit(account_id, kind="adjustment", source="adjustment",
+                                          key=f"{account_id}/{key}", amount=amount,
+                                          reason=reason)
+        return json_response({"applied": result.applied, "entry_id": result.entry_id,
+                              "account": account_json(result.account)},
+                             201 if result.applied else 200)
+
+    @staticmethod
+    def _idempotency_key(request: web.Request, body: dict[str, Any]) -> str:
+        in_body = field(body, "idempotency_key", str, required=False)
+        in_header = request.headers.get("Idempotency-Key")
+        if in_body is not None and in_header is not None and in_body != in_header:
+            raise ApiError(400, "invalid_field",
+                           "idempotency_key and the Idempotency-Key header differ")
+        key = in_body if in_body is not None else in_header
+        if not key or len(key) > 255:
+            raise ApiError(400, "missing_field",
+                           "idempotency_key (or an Idempotency-Key header) of 1-255"
+                           " characters is required")
+        return key
+

@@ -1,0 +1,211 @@
+"""The recharge worker: ``balance.low`` from ``balance.events`` -> automatic recharge.
+
+Offsets are committed only after the recharge row is written, and the row is
+keyed by the event's id, so a redelivered or replayed ``balance.low`` never
+charges a card twice. A tick (about once a second) sends due retries and settles
+pending payments of recharges and one-time top-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeAlias
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from prometheus_client import Counter
+
+from consumers import metrics
+from consumers.retry import StoppedWhileRetrying, retry_transient, transient_dependency
+from rating.errors import InvalidEvent
+from rating.payments import PaymentProvider
+from rating.recharges import RechargeOutcome, RechargePolicy, RechargeService, TopupService
+from rating.settings import Settings
+from rating.thresholds import LOW
+
+log = logging.getLogger(__name__)
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+RECHARGE_OUTCOMES = Counter(
+    "rating_recharge_outcomes_total",
+    "Automatic recharge steps, by outcome (succeeded, declined, failed, pending, duplicate...).",
+    ["outcome"])
+TOPUPS_SETTLED = Counter(
+    "rating_topups_settled_total", "One-time top-ups settled after being left pending.")
+BALANCE_EVENTS_SKIPPED = Counter(
+    "rating_recharge_events_skipped_total",
+    "Messages on the balance topic the recharge worker could not decode.")
+
+
+def decode_balance_low(value: bytes | None) -> tuple[str, str] | None:
+    """``(account_id, event_id)`` of a ``balance.low`` CloudEvent; None for other types.
+
+    Raises ``InvalidEvent`` for bytes that are not a balance event.
+    """
+    try:
+        event = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(event, dict):
+        raise InvalidEvent("not a JSON object")
+    type_ = event.get("type")
+    if not isinstance(type_, str):
+        raise InvalidEvent("missing type")
+    if type_ != LOW:
+        return None
+    event_id = event.get("id")
+    data = event.get("data")
+    account_id = data.get("account_id") if isinstance(data, dict) else None
+    if account_id is None:
+        account_id = event.get("subject")
+    if not isinstance(event_id, str) or not event_id:
+        raise InvalidEvent("balance.low without an id")
+    if not isinstance(account_id, str) or not account_id:
+        raise InvalidEvent("balance.low without an account id")
+    return account_id, event_id
+
+
+class RechargeWorker:
+    """One member of the recharge consumer group; ``start``, ``run``, ``close``."""
+
+    def __init__(self, settings: Settings, bootstrap: str, pool: asyncpg.Pool,
+                 provider: PaymentProvider, *, policy: RechargePolicy | None = None,
+                 tick_s: float = 1.0) -> None:
+        self.recharges = RechargeService(pool, provider, policy)
+        self.topups = TopupService(pool, provider, policy)
+        self._tick_s = tick_s
+        self._consumer = AIOKafkaConsumer(
+            settings.balance_topic, bootstrap_servers=bootstrap,
+            group_id=settings.recharge_group, enable_auto_commit=False,
+            auto_offset_reset="earliest")
+        self.stopping = asyncio.Event()
+        # Outcomes of the balance.low events this worker handled (also in metrics).
+        self.handled: collections.Counter[str] = collections.Counter()
+        self._started = False
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("recharge worker is closed")
+        await self._consumer.start()
+        self._started = True
+
+    def request_stop(self) -> None:
+        """Stop fetching; the message in hand is finished and committed."""
+        self.stopping.set()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stopping.set()
+        if self._started:
+            await self._consumer.stop()
+
+    async def __aenter__(self) -> RechargeWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def run(self) -> None:
+        if not self._started or self._closed:
+            raise RuntimeError("recharge worker is not started")
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        while not self.stopping.is_set():
+            records = await self._poll()
+            if records:
+                try:
+                    await self._handle(records)
+                except StoppedWhileRetrying as exc:
+                    log.warning("stopping with %s uncommitted; it will be redelivered", exc)
+                    return
+                await self._commit(records)
+            if loop.time() >= next_tick and not self.stopping.is_set():
+                await self.tick()
+                next_tick = loop.time() + self._tick_s
+
+    async def tick(self) -> None:
+        """Due retries, then pending settlements; a failure is logged, never raised."""
+        steps: Sequence[tuple[str, Callable[[], Awaitable[object]]]] = (
+            ("recharge retries", self._run_due),
+            ("recharge settlement", self._settle_recharges),
+            ("top-up settlement", self._settle_topups),
+        )
+        for what, step in steps:
+            try:
+                await step()
+            except Exception as exc:
+                dependency = transient_dependency(exc)
+                if dependency is None:
+                    log.exception("%s failed", what)
+                else:
+                    metrics.TRANSIENT_ERRORS.labels(dependency).inc()
+                    log.warning("%s failed (%s); trying again next tick", what, exc)
+
+    async def _run_due(self) -> None:
+        for outcome in await self.recharges.run_due():
+            RECHARGE_OUTCOMES.labels(outcome).inc()
+
+    async def _settle_recharges(self) -> None:
+        for outcome in await self.recharges.settle_pending():
+            RECHARGE_OUTCOMES.labels(outcome).inc()
+
+    async def _settle_topups(self) -> None:
+        TOPUPS_SETTLED.inc(await self.topups.settle_pending())
+
+    async def _poll(self) -> list[Record]:
+        try:
+            fetched = await self._consumer.getmany(timeout_ms=200, max_records=100)
+        except KafkaError as exc:
+            metrics.TRANSIENT_ERRORS.labels("kafka").inc()
+            log.warning("fetch failed (%s); retrying", exc)
+            await asyncio.sleep(0.5)
+            return []
+        return [r for partition in fetched.values() for r in partition]
+
+    async def _handle(self, records: list[Record]) -> None:
+        for record in records:
+            try:
+                decoded = decode_balance_low(record.value)
+            except InvalidEvent as exc:
+                BALANCE_EVENTS_SKIPPED.inc()
+                log.warning("skipping undecodable message at %s[%d]@%d: %s", record.topic,
+                            record.partition, record.offset, exc.message)
+                continue
+            if decoded is None:
+                continue
+            outcome = await self._on_balance_low(*decoded)
+            self.handled[outcome] += 1
+            RECHARGE_OUTCOMES.labels(outcome).inc()
+
+    async def _on_balance_low(self, account_id: str, crossing_id: str) -> str:
+        def react() -> Awaitable[RechargeOutcome]:
+            return self.recharges.on_balance_low(account_id, crossing_id)
+
+        try:
+            return await retry_transient(react, what="recharge", stopping=self.stopping)
+        except StoppedWhileRetrying:
+            raise
+        except Exception:
+            # Not transient: a bug or bad data; the same input would fail again.
+            log.exception("recharge for %s (crossing %s) failed", account_id, crossing_id)
+            return "error"
+
+    async def _commit(self, records: list[Record]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            metrics.OFFSET_COMMIT_FAILURES.inc()
+            log.warning("offset commit refused (%s); events will be redelivered", exc)

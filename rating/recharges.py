@@ -1,0 +1,411 @@
+"""Automatic recharges and one-time top-ups: the card is charged first, credit follows
+only for money actually taken, and each payment is credited exactly once.
+
+A recharge (one row per ``balance.low`` crossing, at most one in flight per account)::
+
+    requested ──claim──► charging ──succeeded──► succeeded   credit + recharge.succeeded
+        ▲                   │  └────pending────► pending ──status()──► (same answers)
+        │                   └──declined──► requested (attempt + 1, after a back-off)
+        │                                  or failed (attempts exhausted)
+        └── cancelled when a retry comes due and auto-recharge is off or the balance
+            is back at or above the threshold (the customer topped up)
+
+An attempt's idempotency key is ``recharge/<crossing>/<attempt>``: a lost answer is
+re-asked with the same key (the provider returns the same payment), and only a
+decline moves on to a new key, after a delay, so a card is never hammered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from rating.accounts import Account, AccountStore, IdempotencyConflict
+from rating.errors import PermanentError, UnknownAccount
+from rating.money import format_amount
+from rating.outbox import OutboxEvent, insert_events
+from rating.payments import (
+    ChargeRequest,
+    PaymentDeclined,
+    PaymentProvider,
+    PaymentResult,
+    PaymentUnavailable,
+)
+
+log = logging.getLogger(__name__)
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+RechargeOutcome = Literal[
+    "succeeded", "pending", "declined", "failed", "cancelled", "unavailable",
+    "duplicate", "in_flight", "disabled", "not_below", "unknown_account", "busy"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RechargePolicy:
+    """Timings of recharges and top-up settlement (seconds)."""
+
+    # Delay before retrying after the 1st, 2nd, ... decline; then the recharge fails.
+    retry_delays_s: tuple[float, ...] = (60.0, 300.0, 1800.0)
+    # How long a sent charge may go unanswered before it is re-asked with the same key.
+    answer_timeout_s: float = 60.0
+    # How often a pending payment's status is asked.
+    settle_poll_s: float = 5.0
+    batch: int = 100
+
+    def __post_init__(self) -> None:
+        if any(d < 0 for d in self.retry_delays_s) or self.answer_timeout_s <= 0 \
+                or self.settle_poll_s <= 0 or self.batch < 1:
+            raise ValueError("recharge policy: delays must be >= 0, timeouts > 0, batch >= 1")
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.retry_delays_s) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    id: int
+    crossing_id: str
+    account_id: str
+    amount: int
+    currency: str
+    attempt: int
+    status: str  # before the claim: requested, charging or pending
+    payment_id: str | None
+
+    @property
+    def key(self) -> str:
+        return f"recharge/{self.crossing_id}/{self.attempt}"
+
+
+def _event(claim: _Claim, type_: str, suffix: str, account: asyncpg.Record,
+           extra: Mapping[str, str]) -> OutboxEvent:
+    return OutboxEvent(
+        f"{claim.crossing_id}/{claim.attempt}/{suffix}", type_, claim.account_id,
+        account["balance"], account["low_balance_threshold"], account["currency"].strip(),
+        {"amount": format_amount(claim.amount), "attempt": str(claim.attempt),
+         "crossing_id": claim.crossing_id, **extra})
+
+
+_ACCOUNT = ("SELECT balance, low_balance_threshold, currency::text AS currency,"
+            " auto_recharge_enabled, auto_recharge_amount FROM accounts WHERE id = $1")
+
+async def _account(conn: Conn, account_id: str) -> asyncpg.Record:
+    row = await conn.fetchrow(_ACCOUNT, account_id)
+    if row is None:  # accounts are never deleted; a recharge always has one
+        raise UnknownAccount(f"unknown account {account_id!r}")
+    return row
+
+
+_CLAIMABLE = """
+SELECT r.id, r.crossing_id, r.account_id, r.amount, r.currency::text AS currency, r.status,
+       r.attempt, r.payment_id
+FROM recharges r
+WHERE r.id = $1 AND r.status IN ('requested', 'charging', 'pending')
+  AND r.next_attempt_at <= now()
+FOR UPDATE SKIP LOCKED
+"""
+
+
+class RechargeService:
+    """The recharge state machine over PostgreSQL; payments through ``provider``."""
+
+    def __init__(self, pool: asyncpg.Pool, provider: PaymentProvider,
+                 policy: RechargePolicy | None = None) -> None:
+        self._pool = pool
+        self._store = AccountStore(pool)
+        self._provider = provider
+        self.policy = policy or RechargePolicy()
+
+    async def on_balance_low(self, account_id: str, crossing_id: str) -> RechargeOutcome:
+        """React to one ``balance.low`` crossing; a redelivery of it changes nothing."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            account = await conn.fetchrow(_ACCOUNT + " FOR UPDATE", account_id)
+            if account is None:
+                return "unknown_account"
+            if await conn.fetchval("SELECT 1 FROM recharges WHERE crossing_id = $1",
+                                   crossing_id):
+                return "duplicate"
+            if not account["auto_recharge_enabled"]:
+                return "disabled"
+            if account["balance"] >= account["low_balance_threshold"]:
+                return "not_below"
+            recharge_id = await conn.fetchval(
+                """
+                INSERT INTO recharges (crossing_id, account_id, amount, currency,
+                                       next_attempt_at)
+                VALUES ($1, $2, $3, $4, now())
+                ON CONFLICT DO NOTHING RETURNING id
+                """, crossing_id, account_id, account["auto_recharge_amount"],
+                account["currency"])
+            if recharge_id is None:  # the partial unique index: one is in flight already
+                return "in_flight"
+            claim = _Claim(recharge_id, crossing_id, account_id,
+                           account["auto_recharge_amount"], account["currency"], 1,
+                           "requested", None)
+            await insert_events(conn, [_event(claim, "recharge.requested",
+                                              "recharge.requested", account, {})])
+        return await self._attempt(recharge_id)
+
+    async def run_due(self) -> list[RechargeOutcome]:
+        """Send the attempts that are due: retries after a decline, unanswered charges."""
+        return await self._run(("requested", "charging"))
+
+    async def settle_pending(self) -> list[RechargeOutcome]:
+        """Ask the provider about pending payments whose poll is due."""
+        return await self._run(("pending",))
+
+    async def _run(self, statuses: tuple[str, ...]) -> list[RechargeOutcome]:
+        ids = await self._pool.fetch(
+            "SELECT id FROM recharges WHERE status = ANY($1::text[]) AND next_attempt_at <= now()"
+            " ORDER BY next_attempt_at LIMIT $2", list(statuses), self.policy.batch)
+        return [await self._attempt(r["id"]) for r in ids]
+
+    async def _attempt(self, recharge_id: int) -> RechargeOutcome:
+        claim = await self._claim(recharge_id)
+        if isinstance(claim, str):
+            return claim
+        try:
+            if claim.status == "pending" and claim.payment_id is not None:
+                result = await self._provider.status(claim.payment_id)
+            else:
+                result = await self._provider.charge(ChargeRequest(
+                    claim.account_id, claim.amount, claim.currency, claim.key))
+        except Exception as exc:  # any provider failure: the claim's expiry asks again
+            log.warning("payment provider failed for recharge %s attempt %d (%s: %s);"
+                        " asking again later", claim.crossing_id, claim.attempt,
+                        type(exc).__name__, exc)
+            return "unavailable"
+        return await self._record(claim, result)
+
+    async def _claim(self, recharge_id: int) -> _Claim | RechargeOutcome:
+        """Take a due recharge for one attempt; the next one is due when the answer is."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_CLAIMABLE, recharge_id)
+            if row is None:
+                return "busy"
+            account = await _account(conn, row["account_id"])
+            claim = _Claim(row["id"], row["crossing_id"], row["account_id"], row["amount"],
+                           row["currency"].strip(), row["attempt"], row["status"],
+                           row["payment_id"])
+            if claim.status == "requested":
+                # Nothing was sent for this attempt yet, so it can still be called off.
+                reason = None
+                if not account["auto_recharge_enabled"]:
+                    reason = "cancelled: auto-recharge was turned off"
+                elif account["balance"] >= account["low_balance_threshold"]:
+                    reason = "cancelled: balance is back at or above the threshold"
+                if reason is not None:
+                    await conn.execute(
+                        "UPDATE recharges SET status = 'cancelled', next_attempt_at = NULL,"
+                        " last_reason = $2, settled_at = now(), updated_at = now()"
+                        " WHERE id = $1", claim.id, reason)
+                    await insert_events(conn, [_event(
+                        claim, "recharge.failed", "recharge.cancelled", account,
+                        {"reason": reason, "final": "true", "cancelled": "true"})])
+                    return "cancelled"
+                # A retry charges the amount the customer has configured now.
+                claim = _Claim(claim.id, claim.crossing_id, claim.account_id,
+                               account["auto_recharge_amount"], claim.currency, claim.attempt,
+                               claim.status, None)
+                if claim.attempt > 1:
+                    await insert_events(conn, [_event(claim, "recharge.requested",
+                                                      "recharge.requested", account, {})])
+            wait = (self.policy.settle_poll_s if claim.status == "pending"
+                    else self.policy.answer_timeout_s)
+            await conn.execute(
+                "UPDATE recharges SET status = CASE WHEN status = 'requested' THEN 'charging'"
+                " ELSE status END, amount = $2,"
+                " next_attempt_at = now() + make_interval(secs => $3), updated_at = now()"
+                " WHERE id = $1", claim.id, claim.amount, float(wait))
+            return claim
+
+    async def _record(self, claim: _Claim, result: PaymentResult) -> RechargeOutcome:
+        if result.status == "succeeded":
+            credit = await self._store.credit(
+                claim.account_id, kind="recharge", source="recharge", key=claim.crossing_id,
+                amount=claim.amount,
+                announce={"payment_id": result.payment_id, "crossing_id": claim.crossing_id})
+            async with self._pool.acquire() as conn, conn.transaction():
+                done = await conn.fetchval(
+                    "UPDATE recharges SET status = 'succeeded', payment_id = $3,"
+                    " next_attempt_at = NULL, settled_at = now(), updated_at = now()"
+                    " WHERE id = $1 AND attempt = $2 AND status IN ('charging', 'pending')"
+                    " RETURNING 1", claim.id, claim.attempt, result.payment_id)
+                if done:
+                    account = await _account(conn, claim.account_id)
+                    await insert_events(conn, [_event(
+                        claim, "recharge.succeeded", "recharge.succeeded", account,
+                        {"payment_id": result.payment_id})])
+            if credit.applied:
+                log.info("recharge %s credited %s to %s", claim.crossing_id,
+                         format_amount(claim.amount), claim.account_id)
+            return "succeeded"
+        if result.status == "pending":
+            await self._pool.execute(
+                "UPDATE recharges SET status = 'pending', payment_id = $3,"
+                " next_attempt_at = now() + make_interval(secs => $4), updated_at = now()"
+                " WHERE id = $1 AND attempt = $2 AND status IN ('charging', 'pending')",
+                claim.id, claim.attempt, result.payment_id, float(self.policy.settle_poll_s))
+            return "pending"
+        return await self._record_decline(claim, result)
+
+    async def _record_decline(self, claim: _Claim, result: PaymentResult) -> RechargeOutcome:
+        final = claim.attempt >= self.policy.max_attempts
+        delay = 0.0 if final else self.policy.retry_delays_s[claim.attempt - 1]
+        reason = result.reason or "declined"
+        async with self._pool.acquire() as conn, conn.transaction():
+            retry_at: datetime | None = await conn.fetchval(
+                """
+                UPDATE recharges
+                SET status = CASE WHEN $3 THEN 'failed' ELSE 'requested' END,
+                    attempt = CASE WHEN $3 THEN attempt ELSE attempt + 1 END,
+                    next_attempt_at = CASE WHEN $3 THEN NULL
+                                      ELSE now() + make_interval(secs => $4) END,
+                    settled_at = CASE WHEN $3 THEN now() END,
+                    payment_id = $5, last_reason = $6, updated_at = now()
+                WHERE id = $1 AND attempt = $2 AND status IN ('charging', 'pending')
+                RETURNING coalesce(next_attempt_at, now())
+                """, claim.id, claim.attempt, final, delay, result.payment_id, reason)
+            if retry_at is None:  # recorded already by another worker
+                return "failed" if final else "declined"
+            account = await _account(conn, claim.account_id)
+            extra = {"reason": reason, "final": "true" if final else "false",
+                     "payment_id": result.payment_id}
+            if not final:
+                extra["next_attempt_at"] = retry_at.isoformat().replace("+00:00", "Z")
+            await insert_events(conn, [_event(claim, "recharge.failed", "recharge.failed",
+                                              account, extra)])
+        log.info("recharge %s attempt %d declined (%s)%s", claim.crossing_id, claim.attempt,
+                 reason, "; giving up" if final else f"; retrying in {delay:g} s")
+        return "failed" if final else "declined"
+
+
+TopupStatus = Literal["succeeded", "pending"]
+
+
+@dataclass(frozen=True, slots=True)
+class TopupResult:
+    status: TopupStatus  # a decline raises PaymentDeclined instead
+    account: Account
+    credited: bool  # this call credited the account (False: pending, or a replay)
+    replay: bool  # the idempotency key had been seen before
+    payment_id: str | None
+
+
+class TopupService:
+    """One-time top-ups: charge the card, credit once per ``(account, idempotency key)``."""
+
+    def __init__(self, pool: asyncpg.Pool, provider: PaymentProvider,
+                 policy: RechargePolicy | None = None) -> None:
+        self._pool = pool
+        self._store = AccountStore(pool)
+        self._provider = provider
+        self.policy = policy or RechargePolicy()
+
+    async def topup(self, account_id: str, amount: int, idempotency_key: str) -> TopupResult:
+        """Raises ``PaymentDeclined``, ``PaymentUnavailable`` (ask again with the same key),
+        ``IdempotencyConflict`` (key reused for another amount) or ``UnknownAccount``."""
+        if amount <= 0:
+            raise PermanentError("a top-up must be positive", code="invalid_amount")
+        if not idempotency_key:
+            raise PermanentError("an idempotency key is required",
+                                 code="invalid_idempotency_key")
+        account = await self._store.get(account_id)
+        key = f"{account_id}/{idempotency_key}"
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                "INSERT INTO topup_payments (account_id, idempotency_key, amount, currency,"
+                " next_check_at) VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))"
+                " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING id",
+                account_id, idempotency_key, amount, account.currency,
+                float(self.policy.answer_timeout_s))
+            prior = None if inserted else await conn.fetchrow(
+                "SELECT amount, status, reason FROM topup_payments"
+                " WHERE account_id = $1 AND idempotency_key = $2", account_id, idempotency_key)
+            # A key credited before payments were recorded is a replay, never a new charge.
+            credited_amount = await conn.fetchval(
+                "SELECT amount FROM ledger WHERE event_source = 'topup' AND event_id = $1", key)
+        if (prior is not None and prior["amount"] != amount) or (
+                credited_amount is not None and credited_amount != amount):
+            raise IdempotencyConflict(
+                f"idempotency key {idempotency_key!r} was already used for a different amount")
+        if prior is not None and prior["status"] == "declined":
+            raise PaymentDeclined(f"payment declined: {prior['reason'] or 'declined'}")
+        if credited_amount is not None:
+            return TopupResult("succeeded", account, False, True, None)
+        try:
+            result = await self._provider.charge(
+                ChargeRequest(account_id, amount, account.currency, f"topup/{key}"))
+        except PaymentDeclined:
+            raise
+        except Exception as exc:
+            raise PaymentUnavailable(
+                f"payment provider unavailable ({type(exc).__name__}); retry with the same"
+                " idempotency key") from exc
+        outcome = await self._record(account_id, idempotency_key, amount, result)
+        if outcome is None:
+            raise PaymentDeclined(f"payment declined: {result.reason or 'declined'}")
+        return TopupResult(outcome[0], outcome[1] or account, outcome[2], prior is not None,
+                           result.payment_id)
+
+    async def settle_pending(self) -> int:
+        """Ask about top-ups left pending or unanswered; return how many settled now."""
+        rows = await self._pool.fetch(
+            """
+            UPDATE topup_payments SET next_check_at = now() + make_interval(secs => $2),
+                                      updated_at = now()
+            WHERE id IN (SELECT id FROM topup_payments
+                         WHERE status IN ('requested', 'pending') AND next_check_at <= now()
+                         ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+            RETURNING account_id, idempotency_key, amount, currency::text AS currency, status,
+                      payment_id
+            """, self.policy.batch, float(self.policy.settle_poll_s))
+        settled = 0
+        for r in rows:
+            try:
+                if r["status"] == "pending" and r["payment_id"] is not None:
+                    result = await self._provider.status(r["payment_id"])
+                else:
+                    result = await self._provider.charge(ChargeRequest(
+                        r["account_id"], r["amount"], r["currency"],
+                        f"topup/{r['account_id']}/{r['idempotency_key']}"))
+            except Exception as exc:  # asked again at the next poll
+                log.warning("payment provider failed settling top-up %s/%s (%s: %s)",
+                            r["account_id"], r["idempotency_key"], type(exc).__name__, exc)
+                continue
+            outcome = await self._record(r["account_id"], r["idempotency_key"], r["amount"],
+                                         result)
+            settled += outcome is None or outcome[0] == "succeeded"
+        return settled
+
+    async def _record(self, account_id: str, idempotency_key: str, amount: int,
+                      result: PaymentResult) -> tuple[TopupStatus, Account | None, bool] | None:
+        """Record the provider's answer; None for a decline."""
+        where = " WHERE account_id = $1 AND idempotency_key = $2 AND status <> 'succeeded'"
+        if result.status == "succeeded":
+            credit = await self._store.credit(
+                account_id, kind="topup", source="topup", key=f"{account_id}/{idempotency_key}",
+                amount=amount, announce={"payment_id": result.payment_id})
+            await self._pool.execute(
+                "UPDATE topup_payments SET status = 'succeeded', payment_id = $3,"
+                " next_check_at = NULL, updated_at = now()" + where,
+                account_id, idempotency_key, result.payment_id)
+            return "succeeded", credit.account, credit.applied
+        if result.status == "pending":
+            await self._pool.execute(
+                "UPDATE topup_payments SET status = 'pending', payment_id = $3,"
+                " next_check_at = now() + make_interval(secs => $4), updated_at = now()" + where,
+                account_id, idempotency_key, result.payment_id, float(self.policy.settle_poll_s))
+            return "pending", None, False
+        await self._pool.execute(
+            "UPDATE topup_payments SET status = 'declined', payment_id = $3, reason = $4,"
+            " next_check_at = NULL, updated_at = now()" + where,
+            account_id, idempotency_key, result.payment_id, result.reason or "declined")
+        return None

@@ -1,0 +1,398 @@
+"""Automatic recharges and top-ups against real PostgreSQL and broker: every payment
+credited exactly once, declines backed off, one recharge in flight per account."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from consumers.account_commands import cmd_topup
+from consumers.outbox_relay import OutboxRelay
+from consumers.recharge_worker import RechargeWorker, decode_balance_low
+from rating.accounts import AccountStore, IdempotencyConflict, NewAccount
+from rating.errors import InvalidEvent
+from rating.ledger import RatedUsage, apply_usage
+from rating.money import parse_amount
+from rating.payments import ChargeRequest, PaymentDeclined, SimulatedProvider
+from rating.rate import Charge
+from rating.recharges import RechargePolicy, RechargeService, TopupService
+from rating.settings import Settings
+from tests.support import create_topics, ledger_explains_balances, wait_until
+
+EUR = parse_amount
+FAST = RechargePolicy(retry_delays_s=(0.6, 0.6), answer_timeout_s=0.6, settle_poll_s=0.1)
+_event_ids = itertools.count(1)
+
+
+async def make_account(pool: asyncpg.Pool, account_id: str = "acct-1", balance: str = "10.00",
+                       *, recharge: str | None = "20.00", below: str = "5.00") -> None:
+    store = AccountStore(pool)
+    await store.create(NewAccount(account_id, "standard", "EUR", EUR(balance), EUR(below)))
+    if recharge is not None:
+        await store.set_auto_recharge(account_id, amount=EUR(recharge), below=EUR(below))
+
+
+async def debit(pool: asyncpg.Pool, account_id: str, amount: str) -> None:
+    """Usage debited the way the usage consumer does it."""
+    n = next(_event_ids)
+    charge = Charge(f"e{n}", "switch-test", account_id, "call", "GB", EUR(amount), "EUR",
+                    "standard")
+    async with pool.acquire() as conn, conn.transaction():
+        await apply_usage(conn, [RatedUsage(charge, datetime.now(UTC), False)])
+
+
+async def balance(pool: asyncpg.Pool, account_id: str = "acct-1") -> int:
+    value: int = await pool.fetchval("SELECT balance FROM accounts WHERE id = $1", account_id)
+    return value
+
+
+async def crossings(pool: asyncpg.Pool, account_id: str = "acct-1") -> list[str]:
+    rows = await pool.fetch("SELECT event_id FROM outbox WHERE type = 'balance.low'"
+                            " AND account_id = $1 ORDER BY seq", account_id)
+    return [r["event_id"] for r in rows]
+
+
+async def outbox_types(pool: asyncpg.Pool, account_id: str = "acct-1") -> list[str]:
+    rows = await pool.fetch("SELECT type FROM outbox WHERE account_id = $1 ORDER BY seq",
+                            account_id)
+    return [r["type"] for r in rows]
+
+
+async def credits(pool: asyncpg.Pool, kind: str, account_id: str = "acct-1") -> list[int]:
+    rows = await pool.fetch("SELECT amount FROM ledger WHERE account_id = $1 AND kind = $2"
+                            " ORDER BY entry_id", account_id, kind)
+    return [r["amount"] for r in rows]
+
+
+async def test_a_crossing_delivered_three_times_charges_and_credits_once(
+        pool: asyncpg.Pool) -> None:
+    await make_account(pool)
+    await debit(pool, "acct-1", "6.00")  # 10 -> 4, below 5
+    [crossing] = await crossings(pool)
+    provider = SimulatedProvider()
+    service = RechargeService(pool, provider, FAST)
+
+    first = await asyncio.gather(*(service.on_balance_low("acct-1", crossing) for _ in range(3)))
+    again = await service.on_balance_low("acct-1", crossing)
+
+    assert sorted(first) == ["duplicate", "duplicate", "succeeded"]
+    assert again == "duplicate"
+    assert [p.amount for p in provider.captured()] == [EUR("20.00")]
+    assert await credits(pool, "recharge") == [EUR("20.00")]
+    assert await balance(pool) == EUR("24.00")
+    types = await outbox_types(pool)
+    assert types.count("recharge.requested") == 1
+    assert types.count("recharge.succeeded") == 1
+    assert types.count("topup.credited") == 1
+    assert types.count("balance.recovered") == 1
+    assert await ledger_explains_balances(pool) == []
+    row = await pool.fetchrow("SELECT status, attempt, payment_id FROM recharges")
+    assert row is not None
+    assert (row["status"], row["attempt"]) == ("succeeded", 1)
+    assert row["payment_id"] == provider.captured()[0].payment_id
+
+
+async def test_no_recharge_when_off_or_already_recovered(pool: asyncpg.Pool) -> None:
+    await make_account(pool, "off", recharge=None)
+    await debit(pool, "off", "6.00")
+    await make_account(pool, "back")
+    await debit(pool, "back", "6.00")
+    await AccountStore(pool).credit("back", kind="topup", source="topup", key="back/k",
+                                    amount=EUR("5.00"))
+    provider = SimulatedProvider()
+    service = RechargeService(pool, provider, FAST)
+
+    assert await service.on_balance_low("off", (await crossings(pool, "off"))[0]) == "disabled"
+    assert await service.on_balance_low("back", (await crossings(pool, "back"))[0]) \
+        == "not_below"
+    assert await service.on_balance_low("nobody", "nobody:1:balance.low") == "unknown_account"
+    assert provider.payments == []
+
+
+async def test_a_decline_announces_failure_and_retries_later_not_at_once(
+        pool: asyncpg.Pool) -> None:
+    await make_account(pool)
+    await debit(pool, "acct-1", "6.00")
+    [crossing] = await crossings(pool)
+    provider = SimulatedProvider()
+    provider.set_behaviour("decline", account_id="acct-1")
+    service = RechargeService(pool, provider, FAST)
+
+    assert await service.on_balance_low("acct-1", crossing) == "declined"
+    extra = orjson.loads(await pool.fetchval(
+        "SELECT extra FROM outbox WHERE type = 'recharge.failed'"))
+    assert extra["reason"] == "card_declined" and extra["final"] == "false"
+    assert extra["attempt"] == "1" and extra["amount"] == "20.000000"
+    assert await credits(pool, "recharge") == []
+    assert await balance(pool) == EUR("4.00")
+    # Not immediately, however often the worker ticks: no retry storm.
+    for _ in range(5):
+        assert await service.run_due() == []
+    assert len(provider.payments) == 1
+    row = await pool.fetchrow(
+        "SELECT status, attempt, next_attempt_at > now() AS later FROM recharges")
+    assert row is not None
+    assert (row["status"], row["attempt"], row["later"]) == ("requested", 2, True)
+
+    provider.set_behaviour("succeed", account_id="acct-1")
+    await asyncio.sleep(0.7)
+    assert await service.run_due() == ["succeeded"]
+    assert [p.status for p in provider.payments] == ["declined", "succeeded"]
+    assert await credits(pool, "recharge") == [EUR("20.00")]
+    assert await balance(pool) == EUR("24.00")
+    assert await service.run_due() == []
+
+
+async def test_declines_give_up_after_the_last_attempt(pool: asyncpg.Pool) -> None:
+    await make_account(pool)
+    await debit(pool, "acct-1", "6.00")
+    provider = SimulatedProvider("decline")
+    policy = RechargePolicy(retry_delays_s=(0.0, 0.0), answer_timeout_s=5, settle_poll_s=0.1)
+    service = RechargeService(pool, provider, policy)
+
+    assert await service.on_balance_low("acct-1", (await crossings(pool))[0]) == "declined"
+    assert await service.run_due() == ["declined"]
+    assert await service.run_due() == ["failed"]
+    assert await service.run_due() == []
+    assert len(provider.payments) == 3
+    assert len({p.idempotency_key for p in provider.payments}) == 3
+    assert await pool.fetchval("SELECT status FROM recharges") == "failed"
+    finals = await pool.fetch("SELECT extra->>'final' AS final FROM outbox"
+                              " WHERE type = 'recharge.failed' ORDER BY seq")
+    assert [r["final"] for r in finals] == ["false", "false", "true"]
+    assert await balance(pool) == EUR("4.00")
+
+
+async def test_a_retry_is_cancelled_when_the_customer_topped_up_meanwhile(
+        pool: asyncpg.Pool) -> None:
+    await make_account(pool)
+    await debit(pool, "acct-1", "6.00")
+    provider = SimulatedProvider("decline")
+    service = RechargeService(pool, provider, FAST)
+    topups = TopupService(pool, SimulatedProvider(), FAST)
+    assert await service.on_balance_low("acct-1", (await crossings(pool))[0]) == "declined"
+
+    await topups.topup("acct-1", EUR("10.00"), "manual-1")  # 4 -> 14, above 5
+    provider.set_behaviour("succeed")
+    await asyncio.sleep(0.7)
+
+    assert await service.run_due() == ["cancelled"]
+    assert len(provider.payments) == 1
+    assert await pool.fetchval("SELECT status FROM recharges") == "cancelled"
+    assert await balance(pool) == EUR("14.00")
+
+
+async def test_a_delayed_settlement_credits_once_later(pool: asyncpg.Pool) -> None:
+    await make_account(pool)
+    await debit(pool, "acct-1", "6.00")
+    [crossing] = await crossings(pool)
+    provider = SimulatedProvider("delay:0.8")
+    service = RechargeService(pool, provider, FAST)
+
+    assert await service.on_balance_low("acct-1", crossing) == "pending"
+    assert await balance(pool) == EUR("4.00")
+    await asyncio.sleep(0.2)
+    assert await service.settle_pending() == ["pending"]
+    assert await service.on_balance_low("acct-1", crossing) == "duplicate"
+    assert await credits(pool, "recharge") == []
+
+    await asyncio.sleep(0.8)
+    assert await service.settle_pending() == ["succeeded"]
+    await asyncio.sleep(0.2)
+    assert await service.settle_pending() == []
+    assert await service.run_due() == []
+    assert len(provider.payments) == 1
+    assert await credits(pool, "recharge") == [EUR("20.00")]
+    assert await balance(pool) == EUR("24.00")
+
+
+async def test_an_unanswered_charge_is_asked_again_with_the_same_key(
+        pool: asyncpg.Pool) -> None:
+    await make_account(pool)
+    await debit(pool, "acct-1", "6.00")
+    provider = SimulatedProvider("unavailable")
+    service = RechargeService(pool, provider, FAST)
+
+    assert await service.on_balance_low("acct-1", (await crossings(pool))[0]) == "unavailable"
+    assert await service.run_due() == []  # not before the answer timeout
+    provider.set_behaviour("succeed")
+    await asyncio.sleep(0.7)
+    assert await service.run_due() == ["succeeded"]
+    assert provider.charge_calls == 2
+    assert len(provider.payments) == 1
+    assert await credits(pool, "recharge") == [EUR("20.00")]
+
+
+async def test_one_recharge_in_flight_per_account(pool: asyncpg.Pool) -> None:
+    await make_account(pool)
+    provider = SimulatedProvider("delay:60")
+    service = RechargeService(pool, provider, FAST)
+    await debit(pool, "acct-1", "6.00")  # first crossing
+    assert await service.on_balance_low("acct-1", (await crossings(pool))[0]) == "pending"
+    await AccountStore(pool).credit("acct-1", kind="adjustment", source="adjustment",
+                                    key="fix", amount=EUR("3.00"), reason="goodwill")
+    await debit(pool, "acct-1", "3.00")  # a second crossing while the first is pending
+    second = (await crossings(pool))[1]
+
+    assert await service.on_balance_low("acct-1", second) == "in_flight"
+    assert len(provider.payments) == 1
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await pool.execute(
+            "INSERT INTO recharges (crossing_id, account_id, amount, currency, next_attempt_at)"
+            " VALUES ('forced', 'acct-1', 1, 'EUR', now())")
+
+
+async def test_topups_credit_only_paid_money_once_per_key(pool: asyncpg.Pool) -> None:
+    await make_account(pool, recharge=None)
+    provider = SimulatedProvider()
+    topups = TopupService(pool, provider, FAST)
+
+    first = await topups.topup("acct-1", EUR("7.50"), "k1")
+    replay = await topups.topup("acct-1", EUR("7.50"), "k1")
+    with pytest.raises(IdempotencyConflict):
+        await topups.topup("acct-1", EUR("8.00"), "k1")
+    provider.set_behaviour("decline")
+    with pytest.raises(PaymentDeclined) as declined:
+        await topups.topup("acct-1", EUR("1.00"), "k2")
+
+    assert (first.status, first.credited, first.replay) == ("succeeded", True, False)
+    assert (replay.status, replay.credited, replay.replay) == ("succeeded", False, True)
+    assert declined.value.code == "payment_declined"
+    assert [p.amount for p in provider.captured()] == [EUR("7.50")]
+    assert len(provider.payments) == 2
+    assert await credits(pool, "topup") == [EUR("7.50")]
+    assert await balance(pool) == EUR("17.50")
+
+
+async def test_a_pending_topup_is_credited_by_the_settle_poll(pool: asyncpg.Pool) -> None:
+    await make_account(pool, recharge=None)
+    provider = SimulatedProvider("delay:0.5")
+    topups = TopupService(pool, provider, FAST)
+
+    pending = await topups.topup("acct-1", EUR("5.00"), "slow")
+    assert (pending.status, pending.credited) == ("pending", False)
+    assert await topups.settle_pending() == 0
+    await asyncio.sleep(0.6)
+    assert await topups.settle_pending() == 1
+    assert await topups.settle_pending() == 0
+    replay = await topups.topup("acct-1", EUR("5.00"), "slow")
+    assert (replay.status, replay.credited) == ("succeeded", False)
+    assert await credits(pool, "topup") == [EUR("5.00")]
+    assert await balance(pool) == EUR("15.00")
+    assert len(provider.payments) == 1
+
+
+async def test_concurrent_topups_and_usage_leave_an_exact_balance(pool: asyncpg.Pool) -> None:
+    await make_account(pool, balance="100.00", recharge=None)
+    topups = TopupService(pool, SimulatedProvider(), FAST)
+    amounts = [EUR(f"{n}.{n:02d}") for n in range(1, 21)]
+    jobs: list[Coroutine[Any, Any, object]] = [
+        topups.topup("acct-1", a, f"k{i}") for i, a in enumerate(amounts)]
+    jobs += [topups.topup("acct-1", a, f"k{i}") for i, a in enumerate(amounts[:5])]  # replays
+    jobs += [debit(pool, "acct-1", "0.333333") for _ in range(60)]
+
+    await asyncio.gather(*jobs)
+
+    expected = EUR("100.00") + sum(amounts) - 60 * EUR("0.333333")
+    assert await balance(pool) == expected
+    assert await ledger_explains_balances(pool) == []
+    assert len(await credits(pool, "topup")) == 20
+
+
+async def test_simulated_provider_specs_and_deduplication() -> None:
+    assert SimulatedProvider.from_spec("delay:2.5") is not None
+    for bad in ("", "sometimes", "delay:", "delay:-1", "delay:nan", "delay:inf"):
+        with pytest.raises(ValueError):
+            SimulatedProvider.from_spec(bad)
+
+    provider = SimulatedProvider.from_spec("succeed")
+    request = ChargeRequest("a", 5, "EUR", "key-1")
+    first = await provider.charge(request)
+    assert await provider.charge(request) == first
+    assert await provider.status(first.payment_id) == first
+    assert len(provider.payments) == 1 and provider.charge_calls == 2
+
+
+def test_decoding_balance_events() -> None:
+    low = orjson.dumps({"id": "a:3:balance.low", "type": "balance.low", "subject": "a",
+                        "data": {"account_id": "a"}})
+    assert decode_balance_low(low) == ("a", "a:3:balance.low")
+    assert decode_balance_low(b'{"type": "topup.credited", "id": "x"}') is None
+    for bad in (b"", b"not json", b"[]", b'{"id": "x"}', b'{"type": "balance.low"}'):
+        with pytest.raises(InvalidEvent):
+            decode_balance_low(bad)
+
+
+async def test_worker_recharges_once_across_redeliveries_and_a_restart(
+        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
+    await create_topics(settings, kafka_bootstrap)
+    await make_account(pool)
+    await debit(pool, "acct-1", "6.00")
+    provider = SimulatedProvider()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    relay = OutboxRelay(pool, producer, settings.balance_topic)
+    try:
+        # Junk on the topic is skipped, never fatal.
+        await producer.send_and_wait(settings.balance_topic, b"not json", key=b"acct-1")
+        assert await relay.relay_once() == 1  # balance.low, delivery 1
+        async with RechargeWorker(settings, kafka_bootstrap, pool, provider, policy=FAST,
+                                  tick_s=0.2) as first:
+            task = asyncio.create_task(first.run())
+
+            async def recharged() -> bool:
+                return await balance(pool) == EUR("24.00")
+
+            await wait_until(recharged, what="the recharge credit")
+            first.request_stop()
+            await task
+        assert first.handled["succeeded"] == 1
+        await first.close()  # safe twice
+
+        # The relay crashed before marking: the same balance.low goes out again, twice.
+        for _ in range(2):
+            await pool.execute("UPDATE outbox SET sent_at = NULL WHERE type = 'balance.low'")
+            await relay.relay_once()
+        async with RechargeWorker(settings, kafka_bootstrap, pool, provider, policy=FAST,
+                                  tick_s=0.2) as second:
+            task = asyncio.create_task(second.run())
+
+            async def both_seen() -> bool:
+                return second.handled["duplicate"] >= 2
+
+            await wait_until(both_seen, what="the redeliveries")
+            second.request_stop()
+            await task
+    finally:
+        await producer.stop()
+
+    assert len(provider.captured()) == 1
+    assert await credits(pool, "recharge") == [EUR("20.00")]
+    assert await balance(pool) == EUR("24.00")
+    assert await ledger_explains_balances(pool) == []
+
+
+async def test_cli_topup_charges_through_the_provider(settings: Settings,
+                                                      pool: asyncpg.Pool) -> None:
+    await make_account(pool, recharge=None)
+    provider = SimulatedProvider()
+    out = io.StringIO()
+    assert await cmd_topup(settings, out, "acct-1", "2.50", "cli-1", provider) == 0
+    assert await cmd_topup(settings, out, "acct-1", "2.50", "cli-1", provider) == 0
+    first, second = (orjson.loads(part + "}") for part in out.getvalue().split("\n}\n")[:2])
+    assert (first["credited"], first["balance"]) == (True, "12.500000")
+    assert (second["credited"], second["balance"]) == (False, "12.500000")
+    provider.set_behaviour("decline")
+    with pytest.raises(PaymentDeclined):
+        await cmd_topup(settings, io.StringIO(), "acct-1", "1.00", "cli-2", provider)
+    assert len(provider.captured()) == 1
+    assert await balance(pool) == EUR("12.50")
