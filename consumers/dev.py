@@ -18,7 +18,7 @@ from rating.money import parse_amount
 if TYPE_CHECKING:
     from consumers.engine import Engine
 
-DEMO_BALANCE = parse_amount("25.00")
+DEMO_BALANCE = parse_amount("8.00")
 DEMO_THRESHOLD = parse_amount("5.00")
 DEMO_RECHARGE = parse_amount("20.00")
 

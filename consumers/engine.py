@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -69,7 +69,7 @@ class Engine:
         except Exception:  # any failure means not ready; the reason is in the logs
             database = False
         return {"database": database, "tariffs": self.tariffs.book is not None,
-                "kafka": self.consumer.batches_committed >= 0 and not self.consumer.stopping.is_set()}
+                "kafka": not self.consumer.stopping.is_set()}
 
 
 @contextlib.asynccontextmanager
@@ -132,16 +132,18 @@ async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Poo
         engine = Engine(settings, ends, pool, producer, tariffs, consumer, relay, metrics_port,
                         0)
         extras = await _start_extras(engine, stack)
-        tasks = [asyncio.create_task(consumer.run(), name="usage-consumer"),
-                 asyncio.create_task(relay.run(), name="outbox-relay"),
-                 *extras.tasks]
+        _announce(engine, extras.http_port)
+        dev_tasks: list[asyncio.Task[None]] = []
         if dev_options is not None:
             from consumers.dev import start_dev
 
-            tasks += await start_dev(engine, dev_options, stack)
-        _announce(engine, extras.http_port)
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            dev_tasks = await start_dev(engine, dev_options, stack)
+        tasks = [asyncio.create_task(consumer.run(), name="usage-consumer"),
+                 asyncio.create_task(relay.run(), name="outbox-relay"),
+                 *extras.tasks, *dev_tasks]
+        stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
+        watched: list[asyncio.Task[object]] = [stopper, *tasks]
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stopper and t.exception() is not None]
         log.info("shutting down: finishing the batch in flight")
         consumer.request_stop()
@@ -154,9 +156,9 @@ async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Poo
         await asyncio.wait(tasks, timeout=settings.shutdown_grace_seconds)
         for task in tasks:
             task.cancel()
-        for task in failed:
-            exc = task.exception()
-            log.error("%s failed: %s", task.get_name(), exc, exc_info=exc)
+        for failure in failed:
+            exc = failure.exception()
+            log.error("%s failed: %s", failure.get_name(), exc, exc_info=exc)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         return 1 if failed else 0
@@ -166,7 +168,7 @@ async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Poo
 @dataclass
 class Extras:
     tasks: list[asyncio.Task[None]]
-    stoppers: list[object]
+    stoppers: list[Callable[[], None]]
     http_port: int
 
 

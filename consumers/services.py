@@ -11,7 +11,6 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from rating.db import create_pool
 from rating.embedded import EmbeddedBroker, EmbeddedPostgres
 from rating.errors import BrokerUnavailable
 from rating.migrations import migrate

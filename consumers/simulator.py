@@ -53,7 +53,7 @@ def destinations_for(tariffs: TariffStore) -> Destinations:
     book = tariffs.book
     plans = [book.plan(plan_id) for plan_id in book.plan_ids()]
     call = set.intersection(*(set(p.call.by_country) for p in plans if p.call))
-    sms = set.intersection(*(set(p.sms.by_country) for p in plans if p.sms))
+    sms = set.intersection(*(set(p.sms.rates) for p in plans if p.sms))
     tollfree: set[str] = set.intersection(
         *({c for c, _ in p.tollfree.rates} for p in plans if p.tollfree))
     tf_numbers = []

@@ -32,4 +32,4 @@ async def start_api_and_recharge(engine: Engine,
     await worker.start()
     stack.push_async_callback(worker.close)
     task = asyncio.create_task(worker.run(), name="recharge-worker")
-    return Extras(tasks=[task], stoppers=[worker.request_stop], http_port=api.port)
+    return Extras(tasks=[task], stoppers=[worker.request_stop], http_port=api.port or 0)

@@ -13,6 +13,7 @@ from typing import Literal
 
 import asyncpg
 
+from rating.db import Connection
 from rating.errors import PermanentError, UnknownAccount
 from rating.money import format_amount
 from rating.outbox import BalanceChange, OutboxEvent, crossing_events, insert_events
@@ -218,6 +219,7 @@ class AccountStore:
                 f"UPDATE accounts SET balance = balance + $2, version = version + 1,"
                 f" updated_at = now() WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}",
                 account_id, amount)
+            assert row is not None  # locked above, so it still exists
             after = Account.from_record(row)
             change = BalanceChange(account_id, account.balance, after.balance,
                                    after.low_balance_threshold, after.currency, after.version)
@@ -231,7 +233,7 @@ class AccountStore:
             await insert_events(conn, events)
             return CreditResult(after, True, int(entry_id))
 
-    async def _replayed(self, conn: asyncpg.Connection, account: Account, kind: str,
+    async def _replayed(self, conn: Connection, account: Account, kind: str,
                         source: str, key: str, amount: int) -> CreditResult:
         prior = await conn.fetchrow(
             "SELECT entry_id, account_id, kind, amount FROM ledger"

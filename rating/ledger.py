@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
-
 from rating.accounts import SttBilling
+from rating.db import Connection
 from rating.outbox import BalanceChange, OutboxEvent, crossing_events, insert_events
 from rating.rate import Charge
 
@@ -55,7 +54,7 @@ class BatchResult:
     totals: list[UsageTotal]
 
 
-async def lookup_accounts(conn: asyncpg.Connection,
+async def lookup_accounts(conn: Connection,
                           account_ids: Sequence[str]) -> dict[str, AccountInfo]:
     rows = await conn.fetch(
         "SELECT id, plan_id, currency, stt_billing FROM accounts WHERE id = ANY($1::text[])",
@@ -96,7 +95,7 @@ FROM inserted GROUP BY currency, service, kind
 """
 
 
-async def apply_usage(conn: asyncpg.Connection, batch: Sequence[RatedUsage]) -> BatchResult:
+async def apply_usage(conn: Connection, batch: Sequence[RatedUsage]) -> BatchResult:
     """Debit ``batch`` exactly once; must run inside the caller's transaction."""
     if not batch:
         return BatchResult(0, 0, [], [])

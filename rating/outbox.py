@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import asyncpg
 import orjson
 
+from rating.db import Connection
 from rating.money import format_amount
 from rating.thresholds import balance_crossings
 
@@ -51,7 +51,7 @@ def crossing_events(change: BalanceChange) -> list[OutboxEvent]:
     ]
 
 
-async def insert_events(conn: asyncpg.Connection, events: Sequence[OutboxEvent]) -> None:
+async def insert_events(conn: Connection, events: Sequence[OutboxEvent]) -> None:
     """Insert outbox rows; a row whose id exists already is left as it is."""
     if not events:
         return

@@ -1,4 +1,4 @@
-"""The engine's settings: one frozen dataclass, validated once, built from ``RATING_*`` variables."""
+"""The engine's settings: one frozen dataclass, validated once, built from ``RATING_*``."""
 
 from __future__ import annotations
 
