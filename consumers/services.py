@@ -64,6 +64,10 @@ async def migrate_database(pool: asyncpg.Pool) -> None:
 async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
     """Create missing topics (name -> partitions); existing ones are used as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    # aiokafka logs its own copy of a connection failure; ours says it in one line.
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         await admin.start()
         existing = set(await admin.list_topics())
@@ -76,6 +80,7 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
                     raise BrokerUnavailable(f"cannot create topic {topic}: {message}")
     except KafkaError as exc:
         raise BrokerUnavailable(
-            f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}: {exc}") from exc
+            f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     finally:
+        quiet.setLevel(level)
         await admin.close()
