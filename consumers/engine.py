@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from prometheus_client import disable_created_metrics, start_http_server
+from prometheus_client import start_http_server
 
 from consumers.outbox_relay import OutboxRelay
 from consumers.services import Endpoints, endpoints, ensure_topics, migrate_database
@@ -121,7 +121,6 @@ async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Poo
                           dev_options: argparse.Namespace | None) -> int:
     consumer = UsageConsumer(settings, ends.kafka_bootstrap, pool, tariffs, producer)
     relay = OutboxRelay(pool, producer, settings.balance_topic)
-    disable_created_metrics()  # *_created series only double the scrape size
     metrics_server, _thread = start_http_server(settings.metrics_port, addr=settings.http_host)
     metrics_port = metrics_server.server_port
     stop = asyncio.Event()
