@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 
 Readiness = Callable[[], Awaitable[dict[str, bool]]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPENAPI = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
+# Beside the package in a source checkout; in the working directory in the image.
+OPENAPI_CANDIDATES = (Path(__file__).resolve().parent.parent / "schemas" / "openapi.json",
+                      Path("schemas") / "openapi.json")
 SERVICES = ("call", "tollfree", "sms", "stt")
 _E164 = re.compile(r"\+[0-9]{6,15}", re.ASCII)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
@@ -308,11 +310,13 @@ class HttpApi:
         return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
 
     async def openapi(self, _request: web.Request) -> web.Response:
-        try:
-            body = OPENAPI.read_bytes()
-        except OSError:
-            raise ApiError(404, "not_found", "openapi.json is not installed") from None
-        return web.Response(body=body, content_type="application/json")
+        for path in OPENAPI_CANDIDATES:
+            try:
+                body = path.read_bytes()
+            except OSError:
+                continue
+            return web.Response(body=body, content_type="application/json")
+        raise ApiError(404, "not_found", "openapi.json is not installed")
 
     # --- reads ---
 

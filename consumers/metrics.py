@@ -32,6 +32,9 @@ EVENT_TO_COMMIT_SECONDS = Histogram(
 CONSUMER_LAG = Gauge(
     "rating_consumer_lag_events", "Events in the partition not yet consumed.",
     ["topic", "partition"])
+LAST_COMMIT_TIMESTAMP = Gauge(
+    "rating_last_offset_commit_timestamp_seconds",
+    "When this instance last committed usage offsets (Unix time).")
 TRANSIENT_ERRORS = Counter(
     "rating_transient_errors_total",
     "Failures of a dependency that were retried (nothing skipped), by dependency.",

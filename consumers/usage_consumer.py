@@ -11,6 +11,7 @@ A crash anywhere before 4 redelivers the batch; step 2 then changes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -112,6 +113,8 @@ class UsageConsumer:
         self._started = False
         self._closed = False
         self.batches_committed = 0
+        self._lag_updated = 0.0
+        self._lag_labels: set[tuple[str, str]] = set()
 
     async def start(self) -> None:
         if self._closed:
@@ -126,6 +129,7 @@ class UsageConsumer:
     async def run(self) -> None:
         while not self.stopping.is_set():
             records = await self._poll()
+            await self._update_lag()
             if not records:
                 continue
             try:
@@ -205,11 +209,34 @@ class UsageConsumer:
             log.warning("offset commit refused (%s); events will be redelivered", exc)
             return
         self.batches_committed += 1
-        for tp, next_offset in offsets.items():
+        metrics.LAST_COMMIT_TIMESTAMP.set_to_current_time()
+
+    async def _update_lag(self) -> None:
+        """Lag of every partition this member owns, refreshed even when idle or stuck.
+
+        Taken from the consumer itself (highwater minus position), which works on
+        every Kafka-compatible broker; partitions that moved away stop reporting.
+        """
+        now = time.monotonic()
+        if now - self._lag_updated < 1.0:
+            return
+        self._lag_updated = now
+        owned: set[tuple[str, str]] = set()
+        for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
-            if highwater is not None:
-                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
-                    max(0, highwater - next_offset))
+            if highwater is None:
+                continue
+            try:
+                position = await asyncio.wait_for(self._consumer.position(tp), 0.5)
+            except (KafkaError, TimeoutError):
+                continue
+            labels = (tp.topic, str(tp.partition))
+            owned.add(labels)
+            metrics.CONSUMER_LAG.labels(*labels).set(max(0, highwater - position))
+        for labels in self._lag_labels - owned:
+            with contextlib.suppress(KeyError):  # another member in this process did it
+                metrics.CONSUMER_LAG.remove(*labels)
+        self._lag_labels = owned
 
     @staticmethod
     def _count(result: BatchResult, rejected: list[Rejected]) -> None:
