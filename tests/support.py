@@ -23,6 +23,45 @@ from rating.tariff_store import TariffStore
 REPO = Path(__file__).resolve().parent.parent
 
 
+FLAT_PLAN = """
+[plan]
+id = "flat"
+currency = "EUR"
+effective_from = "2026-01-01T00:00:00Z"
+
+[services.call]
+rates = "rates/flat/call.csv"
+increment = "60/60"
+connect_fee = "0.00"
+
+[services.tollfree]
+rates = "rates/flat/tollfree.csv"
+increment = "60/60"
+
+[services.sms]
+rates = "rates/flat/sms.csv"
+
+[services.stt]
+rate = "0.024"
+increment = "15/15"
+"""
+FLAT_CALLS = ("country,prefix,rate,connect_fee,increment\n"
+              "GB,,0.10,,\nGB,447,0.30,0.05,30/6\nFR,,0.20,,\n")
+FLAT_TOLLFREE = "country,direction,rate\nGB,inbound,0.02\nGB,outbound,0.04\n"
+FLAT_SMS = "country,rate\nGB,0.05\nFR,0.07\n"
+
+
+def write_flat_tariffs(root: Path) -> Path:
+    """A one-plan tariff directory ("flat", EUR) with round prices tests can check by hand."""
+    (root / "plans").mkdir(parents=True)
+    (root / "rates" / "flat").mkdir(parents=True)
+    (root / "plans" / "flat.toml").write_text(FLAT_PLAN)
+    (root / "rates" / "flat" / "call.csv").write_text(FLAT_CALLS)
+    (root / "rates" / "flat" / "tollfree.csv").write_text(FLAT_TOLLFREE)
+    (root / "rates" / "flat" / "sms.csv").write_text(FLAT_SMS)
+    return root
+
+
 def usage_event(type_: str, event_id: str, account: str, data: dict[str, Any], *,
                 source: str = "switch-test-1", time_: str | None = "2026-11-25T10:00:00Z") -> bytes:
     event: dict[str, Any] = {"specversion": "1.0", "id": event_id, "source": source,

@@ -26,34 +26,10 @@ from rating.rate import Charge
 from rating.recharges import RechargePolicy, TopupService
 from rating.settings import Settings
 from rating.tariff_store import TariffStore
+from tests.support import write_flat_tariffs
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-PLAN = """
-[plan]
-id = "flat"
-currency = "EUR"
-effective_from = "2026-01-01T00:00:00Z"
-
-[services.call]
-rates = "rates/flat/call.csv"
-increment = "60/60"
-connect_fee = "0.00"
-
-[services.tollfree]
-rates = "rates/flat/tollfree.csv"
-increment = "60/60"
-
-[services.sms]
-rates = "rates/flat/sms.csv"
-
-[services.stt]
-rate = "0.024"
-increment = "15/15"
-"""
-CALLS = "country,prefix,rate,connect_fee,increment\nGB,,0.10,,\nGB,447,0.30,0.05,30/6\n"
-TOLLFREE = "country,direction,rate\nGB,inbound,0.02\nGB,outbound,0.04\n"
-SMS = "country,rate\nGB,0.05\n"
 DOC = orjson.loads(OPENAPI_CANDIDATES[0].read_bytes())
 
 
@@ -64,14 +40,7 @@ def assert_matches(body: object, schema: str) -> None:
 
 @pytest.fixture
 def tariffs_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "tariffs"
-    (root / "plans").mkdir(parents=True)
-    (root / "rates" / "flat").mkdir(parents=True)
-    (root / "plans" / "flat.toml").write_text(PLAN)
-    (root / "rates" / "flat" / "call.csv").write_text(CALLS)
-    (root / "rates" / "flat" / "tollfree.csv").write_text(TOLLFREE)
-    (root / "rates" / "flat" / "sms.csv").write_text(SMS)
-    return root
+    return write_flat_tariffs(tmp_path / "tariffs")
 
 
 @dataclass

@@ -20,33 +20,8 @@ from tests.support import (
     running_consumer,
     usage_event,
     wait_until,
+    write_flat_tariffs,
 )
-
-PLAN = """
-[plan]
-id = "flat"
-currency = "EUR"
-effective_from = "2026-01-01T00:00:00Z"
-
-[services.call]
-rates = "rates/flat/call.csv"
-increment = "60/60"
-connect_fee = "0.00"
-
-[services.tollfree]
-rates = "rates/flat/tollfree.csv"
-increment = "60/60"
-
-[services.sms]
-rates = "rates/flat/sms.csv"
-
-[services.stt]
-rate = "0.024"
-increment = "15/15"
-"""
-CALLS = "country,prefix,rate,connect_fee,increment\nGB,,0.10,,\nGB,447,0.30,0.05,30/6\nFR,,0.20,,\n"
-TOLLFREE = "country,direction,rate\nGB,inbound,0.02\nGB,outbound,0.04\n"
-SMS = "country,rate\nGB,0.05\nFR,0.07\n"
 
 GB_LANDLINE = "+442071234567"
 GB_MOBILE = "+447400123456"
@@ -55,14 +30,7 @@ GB_TOLLFREE = "+448001234567"
 
 @pytest.fixture
 def tariffs_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "tariffs"
-    (root / "plans").mkdir(parents=True)
-    (root / "rates" / "flat").mkdir(parents=True)
-    (root / "plans" / "flat.toml").write_text(PLAN)
-    (root / "rates" / "flat" / "call.csv").write_text(CALLS)
-    (root / "rates" / "flat" / "tollfree.csv").write_text(TOLLFREE)
-    (root / "rates" / "flat" / "sms.csv").write_text(SMS)
-    return root
+    return write_flat_tariffs(tmp_path / "tariffs")
 
 
 @pytest.fixture
