@@ -6,13 +6,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
+from jsonschema import Draft202012Validator
 from prometheus_client import REGISTRY
 
+from consumers.outbox_relay import OutboxRelay
 from rating.accounts import AccountStore, NewAccount
 from rating.money import parse_amount
 from rating.settings import Settings
 from tests.support import (
+    REPO,
     create_topics,
     ledger_explains_balances,
     publish_with_librdkafka,
@@ -224,3 +229,32 @@ async def test_stt_on_invoice_accrues_instead_of_debiting(
     assert await balance_of(pool, "acct-1") == parse_amount("0.90")
     row = await pool.fetchrow("SELECT kind, amount, accrued FROM ledger WHERE event_id = 's1'")
     assert (row["kind"], row["amount"], row["accrued"]) == ("invoice", 0, parse_amount("0.24"))
+
+
+async def test_relayed_balance_events_match_their_schema_and_keep_their_ids(
+        env: Settings, pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
+    await make_account(pool, "acct-1", "0.30", threshold="0.25")
+    publish_with_librdkafka(kafka_bootstrap, env.usage_topic, [
+        ("acct-1", call(f"x{i}", "acct-1", GB_LANDLINE, 0, 60)) for i in range(4)])
+    async with running_consumer(env, pool):
+        await wait_until(lambda: _ledger_has(pool, 4), what="4 rows")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        relay = OutboxRelay(pool, producer, env.balance_topic)
+        assert await relay.relay_once() == 2
+        assert await relay.relay_once() == 0  # marked sent: never published twice
+    finally:
+        await producer.stop()
+    messages = await read_topic(kafka_bootstrap, env.balance_topic, 2)
+    schema = orjson.loads((REPO / "schemas" / "balance.event.json").read_bytes())
+    events = [orjson.loads(m.value) for m in messages]
+    for event, message in zip(events, messages, strict=True):
+        Draft202012Validator(schema).validate(event)
+        assert message.key == b"acct-1"
+    assert sorted(e["type"] for e in events) == ["balance.exhausted", "balance.low"]
+    ids = await pool.fetch("SELECT event_id FROM outbox ORDER BY seq")
+    assert sorted(e["id"] for e in events) == sorted(r["event_id"] for r in ids)
+    low = next(e for e in events if e["type"] == "balance.low")
+    assert low["data"] == {"account_id": "acct-1", "balance": "-0.100000",
+                           "threshold": "0.250000", "currency": "EUR"}
