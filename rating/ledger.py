@@ -64,10 +64,14 @@ async def lookup_accounts(conn: Connection,
 
 _APPLY = """
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                         $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[],
-                         $11::timestamptz[])
-        AS t(event_source, event_id, account_id, kind, amount, accrued, service, country,
+    SELECT event_source, event_id, account_id,
+           CASE WHEN on_invoice THEN 'invoice' ELSE 'usage' END AS kind,
+           CASE WHEN on_invoice THEN 0 ELSE -price END AS amount,
+           CASE WHEN on_invoice THEN price ELSE 0 END AS accrued,
+           service, country, plan_id, currency, event_time
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bool[], $6::text[],
+                $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+        AS t(event_source, event_id, account_id, price, on_invoice, service, country,
              plan_id, currency, event_time)
 ), inserted AS (
     INSERT INTO ledger (event_source, event_id, account_id, kind, amount, accrued, service,
@@ -107,11 +111,8 @@ async def apply_usage(conn: Connection, batch: Sequence[RatedUsage]) -> BatchRes
     rows = await conn.fetch(
         _APPLY,
         [c.source for c in charges], [c.event_id for c in charges],
-        [c.account_id for c in charges],
-        ["invoice" if u.on_invoice else "usage" for u in batch],
-        [0 if u.on_invoice else -u.charge.amount for u in batch],
-        [u.charge.amount if u.on_invoice else 0 for u in batch],
-        [c.service for c in charges], [c.country for c in charges],
+        [c.account_id for c in charges], [c.amount for c in charges],
+        [u.on_invoice for u in batch], [c.service for c in charges], [c.country for c in charges],
         [c.plan_id for c in charges], [c.currency for c in charges],
         [u.event_time for u in batch],
     )

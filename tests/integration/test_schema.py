@@ -1,0 +1,54 @@
+"""Migrations and the database's own guards of the money invariants."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from rating.accounts import AccountStore, NewAccount
+from rating.migrations import available_migrations, migrate
+
+
+@pytest.fixture
+async def empty_database(pg_server_dsn: str) -> AsyncIterator[str]:
+    name = f"e_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    yield f"{pg_server_dsn.rpartition('/')[0]}/{name}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+async def test_engines_migrating_at_once_apply_each_migration_exactly_once(
+        empty_database: str) -> None:
+    conns = [await asyncpg.connect(empty_database) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(migrate(c) for c in conns))
+        versions = await conns[0].fetch("SELECT version FROM schema_migrations ORDER BY 1")
+    finally:
+        for conn in conns:
+            await conn.close()
+    applied = sorted(m.version for result in results for m in result)
+    expected = [m.version for m in available_migrations()]
+    assert applied == expected  # each applied by exactly one of the four
+    assert [r["version"] for r in versions] == expected
+
+
+async def test_the_ledger_is_append_only_and_accounts_are_never_deleted(
+        pool: asyncpg.Pool) -> None:
+    store = AccountStore(pool)
+    await store.create(NewAccount("acct-1", "standard", "EUR", 1_000_000))
+    await store.credit("acct-1", kind="topup", source="topup", key="k", amount=500_000)
+    with pytest.raises(asyncpg.RestrictViolationError):
+        await pool.execute("UPDATE ledger SET amount = amount * 2")
+    with pytest.raises(asyncpg.RestrictViolationError):
+        await pool.execute("DELETE FROM ledger")
+    with pytest.raises(asyncpg.RestrictViolationError):
+        await pool.execute("DELETE FROM accounts WHERE id = 'acct-1'")
+    assert await pool.fetchval("SELECT sum(amount) FROM ledger") == 500_000
