@@ -127,16 +127,27 @@ class UsageConsumer:
         self.stopping.set()
 
     async def run(self) -> None:
-        while not self.stopping.is_set():
-            records = await self._poll()
-            await self._update_lag()
-            if not records:
-                continue
-            try:
-                await self.process(records)
-            except StoppedWhileRetrying as exc:
-                log.warning("stopping with batch uncommitted (%s); it will be redelivered", exc)
-                return
+        """Fetch, decode and rate batch N+1 while batch N's debit is in flight.
+
+        Only the CPU work of N+1 overlaps N's database wait: debits, DLQ sends and
+        offset commits still happen one batch at a time, in order, so the
+        exactly-once argument above is unchanged.
+        """
+        inflight: asyncio.Task[None] | None = None
+        try:
+            while not self.stopping.is_set():
+                records = await self._poll()
+                await self._update_lag()
+                staged = await self._prepare(records) if records else None
+                if inflight is not None:
+                    await inflight
+                    inflight = None
+                if staged is not None:
+                    inflight = asyncio.create_task(self._finish(records, *staged))
+            if inflight is not None:
+                await inflight
+        except StoppedWhileRetrying as exc:
+            log.warning("stopping with batch uncommitted (%s); it will be redelivered", exc)
 
     async def _poll(self) -> list[Record]:
         try:
@@ -150,17 +161,30 @@ class UsageConsumer:
         return [r for partition in fetched.values() for r in partition]
 
     async def process(self, records: list[Record]) -> None:
+        await self._finish(records, *await self._prepare(records))
+
+    async def _prepare(self, records: list[Record]) -> tuple[PreparedBatch, list[Rejected]]:
+        """Decode, look up the accounts and rate: no write, safe to run ahead."""
         metrics.BATCH_EVENTS.observe(len(records))
         received = datetime.now(UTC)
         decoded, rejected = decode_all(records)
-        result, prepared = await retry_transient(
-            lambda: self._rate_and_write(decoded, received), what="debit transaction",
-            stopping=self.stopping)
+
+        async def lookup() -> dict[str, AccountInfo]:
+            async with self._pool.acquire() as conn:
+                return await lookup_accounts(conn, list({e.account_id for _, e in decoded}))
+
+        accounts = await retry_transient(lookup, what="account lookup", stopping=self.stopping)
+        return rate_all(decoded, accounts, self._tariffs, received), rejected
+
+    async def _finish(self, records: list[Record], prepared: PreparedBatch,
+                      rejected: list[Rejected]) -> None:
+        result = await retry_transient(lambda: self._write(prepared), what="debit transaction",
+                                       stopping=self.stopping)
         committed_at = time.time()
         for usage in prepared.rated:
             metrics.EVENT_TO_COMMIT_SECONDS.observe(
                 max(0.0, committed_at - usage.event_time.timestamp()))
-        rejected += prepared.rejected
+        rejected = rejected + prepared.rejected
         if rejected:
             await retry_transient(lambda: self._send_to_dlq(rejected), what="DLQ publish",
                                   stopping=self.stopping)
@@ -173,12 +197,16 @@ class UsageConsumer:
                               received: datetime) -> tuple[BatchResult, PreparedBatch]:
         async with self._pool.acquire() as conn:
             accounts = await lookup_accounts(conn, list({e.account_id for _, e in decoded}))
-            prepared = rate_all(decoded, accounts, self._tariffs, received)
+        prepared = rate_all(decoded, accounts, self._tariffs, received)
+        return await self._write(prepared), prepared
+
+    async def _write(self, prepared: PreparedBatch) -> BatchResult:
+        async with self._pool.acquire() as conn:
             started = time.perf_counter()
             async with conn.transaction():
                 result = await apply_usage(conn, prepared.rated)
             metrics.DEBIT_SECONDS.observe(time.perf_counter() - started)
-        return result, prepared
+        return result
 
     async def _send_to_dlq(self, rejected: list[Rejected]) -> None:
         futures = []
