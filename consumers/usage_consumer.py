@@ -193,13 +193,6 @@ class UsageConsumer:
         if prepared.repeated:
             metrics.EVENTS_DUPLICATE.inc(prepared.repeated)
 
-    async def _rate_and_write(self, decoded: list[tuple[Record, UsageEvent]],
-                              received: datetime) -> tuple[BatchResult, PreparedBatch]:
-        async with self._pool.acquire() as conn:
-            accounts = await lookup_accounts(conn, list({e.account_id for _, e in decoded}))
-        prepared = rate_all(decoded, accounts, self._tariffs, received)
-        return await self._write(prepared), prepared
-
     async def _write(self, prepared: PreparedBatch) -> BatchResult:
         async with self._pool.acquire() as conn:
             started = time.perf_counter()

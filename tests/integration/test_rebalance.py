@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from consumers.usage_consumer import UsageConsumer, decode_all
+from consumers.usage_consumer import UsageConsumer
 from rating.accounts import AccountStore, NewAccount
 from rating.money import parse_amount
 from rating.settings import Settings
@@ -64,8 +63,8 @@ async def test_a_revoked_members_written_but_uncommitted_batch_is_not_debited_tw
             records += await first._poll()
         # The debit commits, then the member loses its partitions before its offset
         # commit: exactly the window a rebalance opens.
-        decoded, _ = decode_all(records)
-        await first._rate_and_write(decoded, datetime.now(UTC))
+        prepared, _rejected = await first._prepare(records)
+        await first._write(prepared)
     finally:
         await first.close()
         await producer.stop()
