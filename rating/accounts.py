@@ -140,11 +140,8 @@ class AccountStore:
         return int(created), len(batch) - int(created)
 
     async def get(self, account_id: str) -> Account:
-        row = await self._pool.fetchrow(
+        return await self._one(
             f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
-        if row is None:
-            raise UnknownAccount(f"unknown account {account_id!r}")
-        return Account.from_record(row)
 
     async def set_auto_recharge(self, account_id: str, *, amount: int | None,
                                 below: int | None) -> Account:
@@ -154,33 +151,25 @@ class AccountStore:
         decides both when ``balance.low`` is announced and when the card is charged.
         """
         if amount is None:
-            row = await self._pool.fetchrow(
+            return await self._one(
                 f"UPDATE accounts SET auto_recharge_enabled = false, updated_at = now()"
                 f" WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}", account_id)
-        else:
-            if amount <= 0 or below is None or below < 0:
-                raise PermanentError("auto-recharge needs amount > 0 and threshold >= 0",
-                                     code="invalid_settings")
-            row = await self._pool.fetchrow(
-                f"UPDATE accounts SET auto_recharge_enabled = true, auto_recharge_amount = $2,"
-                f" low_balance_threshold = $3, updated_at = now()"
-                f" WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}", account_id, amount, below)
-        if row is None:
-            raise UnknownAccount(f"unknown account {account_id!r}")
-        return Account.from_record(row)
+        if amount <= 0 or below is None or below < 0:
+            raise PermanentError("auto-recharge needs amount > 0 and threshold >= 0",
+                                 code="invalid_settings")
+        return await self._one(
+            f"UPDATE accounts SET auto_recharge_enabled = true, auto_recharge_amount = $2,"
+            f" low_balance_threshold = $3, updated_at = now()"
+            f" WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}", account_id, amount, below)
 
     async def set_stt_billing(self, account_id: str, mode: SttBilling) -> Account:
-        row = await self._pool.fetchrow(
+        return await self._one(
             f"UPDATE accounts SET stt_billing = $2, updated_at = now()"
             f" WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}", account_id, mode)
-        if row is None:
-            raise UnknownAccount(f"unknown account {account_id!r}")
-        return Account.from_record(row)
 
-    async def set_low_balance_threshold(self, account_id: str, threshold: int) -> Account:
-        row = await self._pool.fetchrow(
-            f"UPDATE accounts SET low_balance_threshold = $2, updated_at = now()"
-            f" WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}", account_id, threshold)
+    async def _one(self, sql: str, account_id: str, *args: object) -> Account:
+        """The account row ``sql`` returns for ``account_id`` ($1), or ``UnknownAccount``."""
+        row = await self._pool.fetchrow(sql, account_id, *args)
         if row is None:
             raise UnknownAccount(f"unknown account {account_id!r}")
         return Account.from_record(row)
