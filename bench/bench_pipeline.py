@@ -171,7 +171,8 @@ class _Probe:
 async def _engine_child_main(config: dict[str, Any]) -> int:
     from consumers import metrics
     from consumers.engine import kafka_producer
-    from consumers.usage_consumer import Record, UsageConsumer
+    from consumers.kafka_batches import Record
+    from consumers.usage_consumer import UsageConsumer
 
     settings = Settings(
         database_url=config["dsn"], kafka_bootstrap=(config["bootstrap"],),

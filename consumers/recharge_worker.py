@@ -12,15 +12,14 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeAlias
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka import AIOKafkaConsumer
 from prometheus_client import Counter
 
 from consumers import metrics
+from consumers.kafka_batches import Record, commit_past, poll_records
 from consumers.retry import StoppedWhileRetrying, retry_transient, transient_dependency
 from rating.errors import InvalidEvent
 from rating.payments import PaymentProvider
@@ -29,7 +28,6 @@ from rating.settings import Settings
 from rating.thresholds import LOW
 
 log = logging.getLogger(__name__)
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 RECHARGE_OUTCOMES = Counter(
     "rating_recharge_outcomes_total",
@@ -162,14 +160,7 @@ class RechargeWorker:
         TOPUPS_SETTLED.inc(await self.topups.settle_pending())
 
     async def _poll(self) -> list[Record]:
-        try:
-            fetched = await self._consumer.getmany(timeout_ms=200, max_records=100)
-        except KafkaError as exc:
-            metrics.TRANSIENT_ERRORS.labels("kafka").inc()
-            log.warning("fetch failed (%s); retrying", exc)
-            await asyncio.sleep(0.5)
-            return []
-        return [r for partition in fetched.values() for r in partition]
+        return await poll_records(self._consumer, 100)
 
     async def _handle(self, records: list[Record]) -> None:
         for record in records:
@@ -200,12 +191,5 @@ class RechargeWorker:
             return "error"
 
     async def _commit(self, records: list[Record]) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
-        try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-            metrics.OFFSET_COMMIT_FAILURES.inc()
-            log.warning("offset commit refused (%s); events will be redelivered", exc)
+        # A refused commit redelivers balance.low events; recharges are keyed by crossing.
+        await commit_past(self._consumer, records)

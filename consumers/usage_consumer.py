@@ -18,13 +18,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeAlias
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from consumers import metrics
+from consumers.kafka_batches import Record, commit_past, poll_records
 from consumers.retry import StoppedWhileRetrying, retry_transient
 from rating.errors import PermanentError, UnknownAccount
 from rating.events import UsageEvent, decode_usage_event
@@ -34,7 +34,6 @@ from rating.settings import Settings
 from rating.tariff_store import TariffStore
 
 log = logging.getLogger(__name__)
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,15 +149,7 @@ class UsageConsumer:
             log.warning("stopping with batch uncommitted (%s); it will be redelivered", exc)
 
     async def _poll(self) -> list[Record]:
-        try:
-            fetched = await self._consumer.getmany(
-                timeout_ms=200, max_records=self._settings.batch_max_events)
-        except KafkaError as exc:
-            metrics.TRANSIENT_ERRORS.labels("kafka").inc()
-            log.warning("fetch failed (%s); retrying", exc)
-            await asyncio.sleep(0.5)
-            return []
-        return [r for partition in fetched.values() for r in partition]
+        return await poll_records(self._consumer, self._settings.batch_max_events)
 
     async def process(self, records: list[Record]) -> None:
         await self._finish(records, *await self._prepare(records))
@@ -217,20 +208,10 @@ class UsageConsumer:
         await asyncio.gather(*futures)
 
     async def _commit(self, records: list[Record]) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
-        try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-            # The partitions moved to another member, which re-reads these events;
-            # the ledger's unique key makes that harmless.
-            metrics.OFFSET_COMMIT_FAILURES.inc()
-            log.warning("offset commit refused (%s); events will be redelivered", exc)
-            return
-        self.batches_committed += 1
-        metrics.LAST_COMMIT_TIMESTAMP.set_to_current_time()
+        # A refused commit is harmless: the ledger's unique key absorbs the redelivery.
+        if await commit_past(self._consumer, records):
+            self.batches_committed += 1
+            metrics.LAST_COMMIT_TIMESTAMP.set_to_current_time()
 
     async def _update_lag(self) -> None:
         """Lag of every partition this member owns, refreshed even when idle or stuck.

@@ -1,0 +1,47 @@
+"""Polling a batch of records and committing past it: shared by every consumer here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TypeAlias
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from consumers import metrics
+
+log = logging.getLogger(__name__)
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+
+async def poll_records(consumer: AIOKafkaConsumer, max_records: int) -> list[Record]:
+    """Up to ``max_records`` across partitions; a broker failure is counted and yields []."""
+    try:
+        fetched = await consumer.getmany(timeout_ms=200, max_records=max_records)
+    except KafkaError as exc:
+        metrics.TRANSIENT_ERRORS.labels("kafka").inc()
+        log.warning("fetch failed (%s); retrying", exc)
+        await asyncio.sleep(0.5)
+        return []
+    return [r for partition in fetched.values() for r in partition]
+
+
+async def commit_past(consumer: AIOKafkaConsumer, records: Sequence[Record]) -> bool:
+    """Commit each partition's offset past ``records``; False when the group refused it.
+
+    A refusal means the partitions moved to another member, which re-reads these
+    records; whatever handled them must make that harmless (keys, idempotency).
+    """
+    offsets: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+        metrics.OFFSET_COMMIT_FAILURES.inc()
+        log.warning("offset commit refused (%s); records will be redelivered", exc)
+        return False
+    return True
