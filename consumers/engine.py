@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -61,7 +60,6 @@ class Engine:
     consumer: UsageConsumer
     relay: OutboxRelay
     metrics_port: int
-    http_port: int
 
     async def readiness(self) -> dict[str, bool]:
         try:
@@ -98,7 +96,7 @@ def load_tariff_store(settings: Settings) -> TariffStore:
     return store
 
 
-async def serve(settings: Settings, *, on_ready: object = None,
+async def serve(settings: Settings, *,
                 dev_options: argparse.Namespace | None = None) -> int:
     """Run until SIGTERM/SIGINT; return the exit status."""
     tariffs = load_tariff_store(settings)
@@ -134,8 +132,7 @@ async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Poo
         stack.push_async_callback(watcher.close)
         await consumer.start()
         stack.push_async_callback(consumer.close)
-        engine = Engine(settings, ends, pool, producer, tariffs, consumer, relay, metrics_port,
-                        0)
+        engine = Engine(settings, ends, pool, producer, tariffs, consumer, relay, metrics_port)
         extras = await _start_extras(engine, stack)
         _announce(engine, extras.http_port)
         dev_tasks: list[asyncio.Task[None]] = []
@@ -210,5 +207,4 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     dev_options = args if args.verb == "dev" else None
     if dev_options is not None:
         parse_rate(args.rate)
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return asyncio.run(serve(settings, dev_options=dev_options))
