@@ -138,6 +138,20 @@ def _text(obj: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+# (source, id) is the ledger's unique key and subject the account id: PostgreSQL text
+# cannot hold U+0000, and an index entry must fit in a page, so such an event is
+# refused here (to the DLQ) rather than failing the batch's transaction every time.
+MAX_KEY_LENGTH = 256
+
+
+def _check_keys(event_id: str, source: str, subject: str) -> None:
+    for key, value in (("id", event_id), ("source", source), ("subject", subject)):
+        if len(value) > MAX_KEY_LENGTH:
+            raise _invalid(f"{key}: longer than {MAX_KEY_LENGTH} characters")
+        if "\x00" in value:
+            raise _invalid(f"{key}: must not contain U+0000")
+
+
 def _int(data: dict[str, Any], key: str) -> int:
     value = data.get(key)
     # bool is an int subclass and JSON 1.0 decodes to float: both are rejected.
@@ -315,6 +329,10 @@ def decode_usage_event(raw: bytes | bytearray | memoryview | str) -> UsageEvent:
         and subject
     ):
         event_id, source, subject = (_text(obj, key, "") for key in ("id", "source", "subject"))
+    if (len(event_id) > MAX_KEY_LENGTH or len(source) > MAX_KEY_LENGTH
+            or len(subject) > MAX_KEY_LENGTH
+            or "\x00" in event_id or "\x00" in source or "\x00" in subject):
+        _check_keys(event_id, source, subject)
     event_type = obj.get("type")
     decoder = _DECODERS.get(event_type) if type(event_type) is str else None
     if decoder is None:

@@ -141,6 +141,14 @@ def with_envelope(**changes: Any) -> bytes:
         (with_envelope(source=DROP), "invalid_event", "source"),
         (with_envelope(subject=""), "invalid_event", "subject"),
         (with_envelope(subject=DROP), "invalid_event", "subject"),
+        # Stored as the ledger key and the account id: PostgreSQL text has no U+0000
+        # and an index entry must fit in a page.
+        (with_envelope(id="evt\u00001"), "invalid_event", "id"),
+        (with_envelope(source="switch\u0000"), "invalid_event", "source"),
+        (with_envelope(subject="\u0000acct"), "invalid_event", "subject"),
+        (with_envelope(id="e" * 257), "invalid_event", "id"),
+        (with_envelope(source="s" * 257), "invalid_event", "source"),
+        (with_envelope(subject="a" * 257), "invalid_event", "subject"),
         (with_envelope(type=DROP), "invalid_event", "type"),
         (with_envelope(type=7), "invalid_event", "type"),
         (with_envelope(type="usage.fax"), "unknown_type", "usage.fax"),
@@ -207,6 +215,12 @@ def test_rejects_data(type_: str, data: dict[str, Any], names: str) -> None:
         decode_usage_event(encode(event(type_, **data)))
     assert caught.value.code == "invalid_event"
     assert names in str(caught.value)
+
+
+def test_keys_of_the_longest_accepted_length_decode() -> None:
+    decoded = decode_usage_event(with_envelope(id="e" * 256, source="s" * 256,
+                                               subject="ü" * 256))
+    assert (len(decoded.event_id), len(decoded.source), len(decoded.account_id)) == (256,) * 3
 
 
 def test_errors_chain_their_cause() -> None:
