@@ -469,8 +469,7 @@ async def measure_raw_debit(pool: asyncpg.Pool, batch: list[RatedUsage]) -> floa
     async with pool.acquire() as conn:
         started = time.perf_counter()
         for i in range(0, len(batch), DEBIT_BATCH):
-            async with conn.transaction():
-                result = await apply_usage(conn, batch[i:i + DEBIT_BATCH])
+            result = await apply_usage(conn, batch[i:i + DEBIT_BATCH])
             if result.applied != len(batch[i:i + DEBIT_BATCH]):
                 raise RuntimeError(f"raw debit applied {result.applied} of a batch")
         return len(batch) / (time.perf_counter() - started)

@@ -187,8 +187,7 @@ class UsageConsumer:
     async def _write(self, prepared: PreparedBatch) -> BatchResult:
         async with self._pool.acquire() as conn:
             started = time.perf_counter()
-            async with conn.transaction():
-                result = await apply_usage(conn, prepared.rated)
+            result = await apply_usage(conn, prepared.rated)
             metrics.DEBIT_SECONDS.observe(time.perf_counter() - started)
         return result
 

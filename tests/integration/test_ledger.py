@@ -1,0 +1,122 @@
+"""The batched debit statement against real PostgreSQL: exact values, redelivered
+events skipped, concurrent writers of the same events charged once."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta, timezone
+
+import asyncpg
+import pytest
+
+from rating.accounts import AccountStore, NewAccount
+from rating.events import MAX_KEY_LENGTH
+from rating.ledger import RatedUsage, apply_usage
+from rating.rate import Charge
+from tests.support import ledger_explains_balances
+
+OPENING = 1_000 * 1_000_000
+
+
+def usage(n: int, account_id: str = "acct-1", amount: int = 1_000,
+          service: str = "call", on_invoice: bool = False) -> RatedUsage:
+    charge = Charge(f"e{n}", "switch-test", account_id, service, "GB", amount,  # type: ignore[arg-type]
+                    "EUR", "standard")
+    return RatedUsage(charge, datetime(2026, 11, 25, 12, 0, tzinfo=UTC), on_invoice)
+
+
+@pytest.fixture
+async def accounts(pool: asyncpg.Pool) -> None:
+    await AccountStore(pool).create_many(
+        NewAccount(a, "standard", "EUR", balance=OPENING) for a in ("acct-1", "acct-2"))
+
+
+async def apply(pool: asyncpg.Pool, batch: list[RatedUsage]) -> tuple[int, int]:
+    async with pool.acquire() as conn:
+        result = await apply_usage(conn, batch)
+    return result.applied, result.duplicates
+
+
+async def balance(pool: asyncpg.Pool, account_id: str = "acct-1") -> int:
+    value: int = await pool.fetchval("SELECT balance FROM accounts WHERE id = $1", account_id)
+    return value
+
+
+async def test_values_are_stored_exactly(pool: asyncpg.Pool, accounts: None) -> None:
+    # Past 2**53 a float would round; event time keeps its microseconds and offset.
+    huge = 2**53 + 1
+    when = datetime(2026, 11, 25, 13, 14, 15, 123_456, tzinfo=timezone(timedelta(hours=-5)))
+    charge = Charge("é-\"quoted\"\\id", "switch/ü", "acct-1", "sms", None, huge, "EUR",
+                    "standard")
+    assert await apply(pool, [RatedUsage(charge, when, False)]) == (1, 0)
+    row = await pool.fetchrow("SELECT * FROM ledger WHERE event_source = 'switch/ü'")
+    assert row["event_id"] == "é-\"quoted\"\\id"
+    assert row["amount"] == -huge and row["accrued"] == 0
+    assert row["country"] is None and row["service"] == "sms" and row["kind"] == "usage"
+    assert row["event_time"] == when
+    assert await balance(pool) == OPENING - huge
+
+
+async def test_invoice_usage_accrues_without_debiting(pool: asyncpg.Pool, accounts: None) -> None:
+    assert await apply(pool, [usage(1, service="stt", amount=700, on_invoice=True)]) == (1, 0)
+    row = await pool.fetchrow("SELECT kind, amount, accrued FROM ledger")
+    assert (row["kind"], row["amount"], row["accrued"]) == ("invoice", 0, 700)
+    assert await balance(pool) == OPENING
+
+
+async def test_a_batch_with_redelivered_events_applies_only_the_new_ones(
+        pool: asyncpg.Pool, accounts: None) -> None:
+    assert await apply(pool, [usage(1), usage(2, "acct-2")]) == (2, 0)
+    # A redelivered batch: two events the ledger has, two it has not.
+    again = [usage(1), usage(2, "acct-2"), usage(3), usage(4, "acct-2", amount=5)]
+    assert await apply(pool, again) == (2, 2)
+    assert await apply(pool, again) == (0, 4)
+    assert await balance(pool, "acct-1") == OPENING - 2_000
+    assert await balance(pool, "acct-2") == OPENING - 1_005
+    assert await pool.fetchval("SELECT count(*) FROM ledger") == 4
+    assert await ledger_explains_balances(pool) == []
+
+
+async def test_a_redelivered_batch_inside_a_callers_transaction_keeps_the_rest_of_it(
+        pool: asyncpg.Pool, accounts: None) -> None:
+    assert await apply(pool, [usage(1)]) == (1, 0)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("UPDATE accounts SET low_balance_threshold = 7 WHERE id = 'acct-2'")
+        result = await apply_usage(conn, [usage(1), usage(2)])
+        assert (result.applied, result.duplicates) == (1, 1)
+    # The caller's own write before the fallback survived the undone first attempt.
+    assert await pool.fetchval(
+        "SELECT low_balance_threshold FROM accounts WHERE id = 'acct-2'") == 7
+    assert await balance(pool) == OPENING - 2_000
+
+
+async def test_the_same_event_twice_in_one_batch_is_charged_once(
+        pool: asyncpg.Pool, accounts: None) -> None:
+    assert await apply(pool, [usage(1), usage(1)]) == (1, 1)
+    assert await balance(pool) == OPENING - 1_000
+
+
+async def test_concurrent_writers_of_the_same_events_charge_them_once(
+        pool: asyncpg.Pool, accounts: None) -> None:
+    """As during a rebalance: two members write overlapping batches at the same time."""
+    first = [usage(n) for n in range(1, 51)]
+    second = [usage(n) for n in range(26, 76)]
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()  # apply_usage becomes a savepoint of it
+        assert (await apply_usage(conn, first)).applied == 50
+        # The second writer waits on the first's uncommitted rows, then skips them.
+        other = asyncio.create_task(apply(pool, second))
+        await asyncio.sleep(0.3)
+        assert not other.done()
+        await transaction.commit()
+    assert await asyncio.wait_for(other, 10) == (25, 25)
+    assert await balance(pool) == OPENING - 75 * 1_000
+    assert await ledger_explains_balances(pool) == []
+
+
+async def test_the_longest_event_keys_the_decoder_accepts_fit_the_ledger_index(
+        pool: asyncpg.Pool, accounts: None) -> None:
+    widest = "\U0001f4de" * MAX_KEY_LENGTH  # 4 bytes each in UTF-8
+    charge = Charge(widest, widest, "acct-1", "call", "GB", 1, "EUR", "standard")
+    assert await apply(pool, [RatedUsage(charge, datetime.now(UTC), False)]) == (1, 0)
