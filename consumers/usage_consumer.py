@@ -31,9 +31,12 @@ from rating.events import UsageEvent, decode_usage_event
 from rating.ledger import AccountInfo, BatchResult, RatedUsage, apply_usage, lookup_accounts
 from rating.rate import rate
 from rating.settings import Settings
+from rating.tariff import TariffBook
 from rating.tariff_store import TariffStore
 
 log = logging.getLogger(__name__)
+
+_SLICE = 100  # events decoded or rated between two yields to the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +72,10 @@ def decode_all(records: Sequence[Record]) -> tuple[list[tuple[Record, UsageEvent
     return decoded, rejected
 
 
-def rate_all(decoded: Sequence[tuple[Record, UsageEvent]], accounts: dict[str, AccountInfo],
-             tariffs: TariffStore, received: datetime) -> PreparedBatch:
-    """Pure rating of a batch against one tariff snapshot."""
-    book = tariffs.book
-    batch = PreparedBatch([], [])
-    seen: set[tuple[str, str]] = set()
+def rate_into(batch: PreparedBatch, seen: set[tuple[str, str]],
+              decoded: Sequence[tuple[Record, UsageEvent]], accounts: dict[str, AccountInfo],
+              book: TariffBook, received: datetime) -> None:
+    """Pure rating of (part of) a batch into ``batch``; ``seen`` spans the whole batch."""
     for record, event in decoded:
         key = (event.source, event.event_id)
         if key in seen:  # the ledger would ignore it too; skip the work
@@ -91,7 +92,6 @@ def rate_all(decoded: Sequence[tuple[Record, UsageEvent]], accounts: dict[str, A
             continue
         on_invoice = event.service == "stt" and account.stt_billing == "invoice"
         batch.rated.append(RatedUsage(charge, event.time or received, on_invoice))
-    return batch
 
 
 class UsageConsumer:
@@ -158,14 +158,30 @@ class UsageConsumer:
         """Decode, look up the accounts and rate: no write, safe to run ahead."""
         metrics.BATCH_EVENTS.observe(len(records))
         received = datetime.now(UTC)
-        decoded, rejected = decode_all(records)
+        # Decoding and rating a full batch is ~20 ms of CPU: done in slices with a
+        # yield between them, so that the round trips of the previous batch's debit
+        # transaction are answered promptly instead of queueing behind it (a quarter
+        # more throughput, measured with make bench).
+        decoded: list[tuple[Record, UsageEvent]] = []
+        rejected: list[Rejected] = []
+        for start in range(0, len(records), _SLICE):
+            more_decoded, more_rejected = decode_all(records[start:start + _SLICE])
+            decoded += more_decoded
+            rejected += more_rejected
+            await asyncio.sleep(0)
 
         async def lookup() -> dict[str, AccountInfo]:
             async with self._pool.acquire() as conn:
                 return await lookup_accounts(conn, list({e.account_id for _, e in decoded}))
 
         accounts = await retry_transient(lookup, what="account lookup", stopping=self.stopping)
-        return rate_all(decoded, accounts, self._tariffs, received), rejected
+        book = self._tariffs.book  # one tariff snapshot for the whole batch
+        prepared = PreparedBatch([], [])
+        seen: set[tuple[str, str]] = set()
+        for start in range(0, len(decoded), _SLICE):
+            rate_into(prepared, seen, decoded[start:start + _SLICE], accounts, book, received)
+            await asyncio.sleep(0)
+        return prepared, rejected
 
     async def _finish(self, records: list[Record], prepared: PreparedBatch,
                       rejected: list[Rejected]) -> None:
