@@ -14,12 +14,14 @@ directory) and broker, migrates, creates the accounts on the sample plan
        committed;
   (c)  naive baseline: one transaction per event (INSERT … ON CONFLICT DO NOTHING,
        then UPDATE accounts), sequential;
-  (d)  latency at a fixed offered load (5 000 events/s for 20 s): from each event's
+  (d)  latency at a fixed offered load (5 000 events/s for 20 s, on a fresh broker,
+       published with librdkafka's default linger): from each event's
        ``time`` (stamped when it is sent) to the end of the Kafka offset commit of
        its batch, which follows the debit transaction's commit (so stricter than the
        database commit alone);
-  (d0) the same load read by a bare aiokafka consumer (no database): the latency
-       floor of the broker and client alone, to tell it from the engine's share;
+  (d0) the same load read by a bare aiokafka consumer (no database, a fresh broker
+       too): the latency floor of the broker and client alone, to tell it from the
+       engine's share;
   (e)  peak RSS (VmHWM) of the engine subprocesses of (b) and (d).
 
 For (b) it also reports the share of time inside the debit transaction and the CPU
@@ -43,6 +45,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import itertools
 import json
 import os
@@ -124,6 +127,7 @@ class _Probe:
         self.target: int | None = config.get("target")
         self.done = asyncio.Event()
         self.latencies: list[float] = []
+        self.held: list[float] = []  # per timed event: its fetch's return -> its commit
         self.fetched_at: dict[int, float] = {}  # id(first record of a batch) -> fetch time
         self.first_in = 0.0
         self.last_out = 0.0
@@ -147,6 +151,7 @@ class _Probe:
                 if event.get("source") == self.latency_source:
                     latency = finished - datetime.fromisoformat(event["time"]).timestamp()
                     self.latencies.append(latency)
+                    self.held.append(self.last_out - entered)
                     worst = max(worst, latency)
             if self.trace is not None:
                 self.trace.write(f"{finished:.3f} n={len(records)} "
@@ -174,7 +179,10 @@ async def _engine_child_main(config: dict[str, Any]) -> int:
     from consumers.kafka_batches import Record
     from consumers.usage_consumer import UsageConsumer
 
-    settings = Settings(
+    # Tuning variables (RATING_BATCH_MAX_EVENTS, RATING_FETCH_MAX_WAIT_MS, ...) apply as
+    # they would to the engine; the services, topics and group are the benchmark's own.
+    settings = dataclasses.replace(
+        Settings.from_env(os.environ),
         database_url=config["dsn"], kafka_bootstrap=(config["bootstrap"],),
         tariffs_dir=TARIFFS, usage_topic=config["topic"], dlq_topic=config["dlq_topic"],
         balance_topic=config["balance_topic"], consumer_group=config["group"])
@@ -226,6 +234,7 @@ async def _engine_child_main(config: dict[str, Any]) -> int:
     debit = {s.name: s.value for m in metrics.DEBIT_SECONDS.collect() for s in m.samples}
     batches = {s.name: s.value for m in metrics.BATCH_EVENTS.collect() for s in m.samples}
     latencies = sorted(probe.latencies)
+    held = sorted(probe.held)
     print(json.dumps({
         "events": probe.processed,
         "busy_s": probe.last_out - probe.first_in,
@@ -236,6 +245,8 @@ async def _engine_child_main(config: dict[str, Any]) -> int:
         "p50": _percentile(latencies, 0.50),
         "p99": _percentile(latencies, 0.99),
         "max": latencies[-1] if latencies else float("nan"),
+        "held_p50": _percentile(held, 0.50),
+        "held_p99": _percentile(held, 0.99),
         "hwm_kb": _vm_hwm_kb(),
         "cpu_s": _own_cpu_s(),
     }), flush=True)
@@ -417,8 +428,9 @@ def publish_all(bootstrap: str, topic: str, messages: Sequence[tuple[str, bytes]
 def publish_paced(bootstrap: str, topic: str, events: Iterator[tuple[str, bytes]],
                   rate_per_s: float, duration_s: float) -> tuple[int, float]:
     """Publish at ``rate_per_s``, each event generated (and time-stamped) as it is sent."""
+    # librdkafka's defaults otherwise (linger.ms 5), as a voice switch would run it.
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": False,
-                         "acks": "all", "linger.ms": 1})
+                         "acks": "all"})
     failures: list[str] = []
 
     def on_delivery(err: object, _msg: object) -> None:
@@ -444,12 +456,19 @@ def publish_paced(bootstrap: str, topic: str, events: Iterator[tuple[str, bytes]
     return sent, sent / elapsed
 
 
+def engine_fetch_settings() -> dict[str, int]:
+    """The usage consumer's fetch configuration, for the bare consumers of (a2) and (d0)."""
+    settings = Settings.from_env(os.environ)
+    return {"max_poll_records": settings.batch_max_events,
+            "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+            "fetch_max_bytes": 64 * 1024 * 1024, "max_partition_fetch_bytes": 16 * 1024 * 1024}
+
+
 async def measure_raw_fetch(bootstrap: str, topic: str, expected: int) -> float:
     """Messages/s of an aiokafka consumer with the engine's fetch settings, no group."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest", max_poll_records=DEBIT_BATCH,
-        fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024)
+        auto_offset_reset="earliest", **engine_fetch_settings())
     await consumer.start()
     try:
         count = 0
@@ -591,12 +610,18 @@ async def run(args: argparse.Namespace, work: Path) -> Results:
                 raise RuntimeError(f"end to end: {in_ledger} of {args.events} events in the "
                                    "ledger")
 
+            # (d0) and (d) each get a broker of their own: the embedded broker keeps
+            # everything in memory and its fetches slow down with all it holds (a bare
+            # consumer's median went from 10 to 76 ms once 300 000 events sat in
+            # another topic), which would measure the phases before, not the engine.
             say(f"(d0) bare-consumer latency at {args.rate:,.0f} events/s")
-            results.fetch_latency = await measure_fetch_latency(args, accounts, tariffs,
-                                                                bootstrap)
+            async with EmbeddedBroker(work / "broker-d0") as fresh:
+                results.fetch_latency = await measure_fetch_latency(args, accounts, tariffs,
+                                                                    fresh.bootstrap)
             say(f"(d) latency at {args.rate:,.0f} events/s for {args.seconds:.0f} s")
-            results.latency, results.offered = await measure_latency(
-                args, accounts, tariffs, dsn, bootstrap, work)
+            async with EmbeddedBroker(work / "broker-d") as fresh:
+                results.latency, results.offered = await measure_latency(
+                    args, accounts, tariffs, dsn, fresh.bootstrap, work)
             in_ledger = await ledger_count(pool, SOURCE_LATENCY)
             if in_ledger != results.latency["latency_n"]:
                 raise RuntimeError(f"latency run: {in_ledger} events in the ledger, "
@@ -641,8 +666,7 @@ async def measure_fetch_latency(args: argparse.Namespace, accounts: list[str],
     topics = await create_topics(bootstrap, "bench.fetch-latency")
     consumer = AIOKafkaConsumer(
         topics["topic"], bootstrap_servers=bootstrap, group_id="bench-fetch-latency",
-        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=DEBIT_BATCH,
-        fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024)
+        enable_auto_commit=False, auto_offset_reset="earliest", **engine_fetch_settings())
     await consumer.start()
     latencies: list[float] = []
     try:
@@ -709,6 +733,9 @@ def report(args: argparse.Namespace, r: Results) -> None:
         (f"(d)  event time -> commit at {r.offered:,.0f} ev/s offered, p50", f"{p50_ms:>11.1f} ms"),
         (f"       p99 ({r.latency['latency_n']:,} events)", f"{p99_ms:>11.1f} ms"),
         ("       max", f"{r.latency['max'] * 1000:>11.1f} ms"),
+        ("       of which in the engine (fetch returned -> offset committed), p50",
+         f"{r.latency['held_p50'] * 1000:>11.1f} ms"),
+        ("       of which in the engine, p99", f"{r.latency['held_p99'] * 1000:>11.1f} ms"),
         ("(d0) same load, bare aiokafka consumer (no database), p50",
          f"{r.fetch_latency['p50'] * 1000:>11.1f} ms"),
         (f"       p99 ({r.fetch_latency['n']:,} events)",
@@ -725,8 +752,10 @@ def report(args: argparse.Namespace, r: Results) -> None:
     width = max(len(label) for label, _ in rows) + 2
     print(f"\nrating pipeline benchmark: {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, {r.server},")
+    tuning = Settings.from_env(os.environ)
     print(f"  {args.accounts:,} accounts on plan {PLAN!r}, {USAGE_PARTITIONS} partitions, "
-          f"batch size {Settings().batch_max_events:,} (default)")
+          f"batch size {tuning.batch_max_events:,}, "
+          f"fetch wait {tuning.fetch_max_wait_ms} ms")
     print("-" * (width + 16))
     for label, value in rows:
         print(f"{label:<{width}}{value}")

@@ -106,7 +106,8 @@ class UsageConsumer:
         self._consumer = AIOKafkaConsumer(
             settings.usage_topic, bootstrap_servers=bootstrap, group_id=settings.consumer_group,
             enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=settings.batch_max_events, fetch_max_bytes=64 * 1024 * 1024,
+            max_poll_records=settings.batch_max_events,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms, fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024)
         self.stopping = asyncio.Event()
         self._started = False

@@ -68,6 +68,10 @@ class Settings:
     consumer_group: str = "rating-engine"
     recharge_group: str = "rating-engine-recharge"
     batch_max_events: int = 2000
+    # How long the broker may hold a fetch open while waiting for new events. It bounds
+    # the latency of a partition that has to wait for another partition's fetch to
+    # return (aiokafka sends one fetch per broker at a time).
+    fetch_max_wait_ms: int = 30
     tariff_poll_seconds: int = 2
     shutdown_grace_seconds: int = 25
     # Only a simulated payment provider ships here: "succeed", "decline" or "delay:SECONDS".
@@ -113,6 +117,8 @@ class Settings:
             recharge_group=text("RATING_RECHARGE_GROUP", defaults.recharge_group),
             batch_max_events=parsed("RATING_BATCH_MAX_EVENTS", _positive_int,
                                     defaults.batch_max_events),
+            fetch_max_wait_ms=parsed("RATING_FETCH_MAX_WAIT_MS", _positive_int,
+                                     defaults.fetch_max_wait_ms),
             tariff_poll_seconds=parsed("RATING_TARIFF_POLL_SECONDS", _positive_int,
                                        defaults.tariff_poll_seconds),
             shutdown_grace_seconds=parsed("RATING_SHUTDOWN_GRACE_SECONDS", _positive_int,

@@ -1,0 +1,43 @@
+"""Settings from the environment: defaults, tuning variables, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rating.settings import Settings, SettingsError
+
+
+def test_an_empty_environment_gives_the_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.database_url is None and settings.kafka_bootstrap is None
+    assert (settings.batch_max_events, settings.fetch_max_wait_ms) == (2000, 30)
+    assert settings.data_dir == Path(".rating")
+
+
+def test_tuning_variables_are_read() -> None:
+    settings = Settings.from_env({
+        "RATING_BATCH_MAX_EVENTS": "500", "RATING_FETCH_MAX_WAIT_MS": "100",
+        "RATING_KAFKA_BOOTSTRAP": "k1:9092,k2:9093", "RATING_METRICS_PORT": "0",
+    })
+    assert (settings.batch_max_events, settings.fetch_max_wait_ms) == (500, 100)
+    assert settings.kafka_bootstrap == ("k1:9092", "k2:9093")
+    assert settings.metrics_port == 0
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("RATING_FETCH_MAX_WAIT_MS", "0"),
+    ("RATING_FETCH_MAX_WAIT_MS", "fast"),
+    ("RATING_BATCH_MAX_EVENTS", "-1"),
+    ("RATING_METRICS_PORT", "70000"),
+    ("RATING_KAFKA_BOOTSTRAP", "nonsense"),
+    ("RATING_DATABASE_URL", "mysql://x"),
+])
+def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({name: value})
+    message = str(caught.value)
+    assert message.startswith(f"{name}: ") and "\n" not in message
+    assert repr(value) in message
