@@ -175,7 +175,7 @@ class _Probe:
 
 async def _engine_child_main(config: dict[str, Any]) -> int:
     from consumers import metrics
-    from consumers.engine import kafka_producer
+    from consumers.engine import kafka_producer, load_tariff_store
     from consumers.kafka_batches import Record
     from consumers.usage_consumer import UsageConsumer
 
@@ -206,7 +206,7 @@ async def _engine_child_main(config: dict[str, Any]) -> int:
     started = time.perf_counter()
     pool = await create_pool(settings.database_url or "", max_size=10)  # as the engine's
     try:
-        tariffs = TariffStore(settings.tariffs_dir)
+        tariffs = load_tariff_store(settings)  # as the engine loads it (then gc.freeze)
         async with kafka_producer(config["bootstrap"]) as producer:
             consumer = TimedConsumer(settings, config["bootstrap"], pool, tariffs, producer)
             await consumer.start()
