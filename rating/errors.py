@@ -7,6 +7,7 @@
     │   ├── InvalidEvent             invalid_json | invalid_event | unknown_type
     │   ├── NoRate                   no_rate
     │   ├── UnknownPlan              unknown_plan
+    │   ├── ChargeTooLarge           charge_too_large
     │   └── UnknownAccount           unknown_account    (raised by the ledger side)
     ├── TransientError               retry later, never DLQ
     │   ├── StoreUnavailable         store_unavailable  (PostgreSQL down, by SQLSTATE class)
@@ -67,6 +68,13 @@ class UnknownPlan(PermanentError):
     """No such plan, or no version of it in force at the event's time."""
 
     code = "unknown_plan"
+
+
+class ChargeTooLarge(PermanentError):
+    """One event priced above the per-event limit: an absurd duration or count (or a
+    tariff typo), never billed silently, and never allowed to overflow a balance."""
+
+    code = "charge_too_large"
 
 
 class UnknownAccount(PermanentError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime
 
-from rating.errors import NoRate
+from rating.errors import ChargeTooLarge, NoRate
 from rating.events import CallUsage, Service, SmsUsage, TollFreeUsage, UsageEvent
 from rating.pricing import TimedRate, charge, cost, sms_cost
 from rating.tariff import PlanVersion, TariffBook
@@ -63,6 +63,12 @@ def _new_charge(
     return charge_
 
 
+# One event may cost at most 1 000 000 000 units of its currency. Far above any real
+# call, message or transcription, and low enough that a batch of events can never
+# overflow a bigint balance (2 000 x 10^15 < 2^63).
+MAX_CHARGE = 10**15
+
+
 def _no_service(version: PlanVersion, service: str) -> NoRate:
     return NoRate(f"plan {version.plan_id!r} does not price {service}")
 
@@ -70,7 +76,8 @@ def _no_service(version: PlanVersion, service: str) -> NoRate:
 def rate(event: UsageEvent, book: TariffBook, plan_id: str) -> Charge:
     """Price ``event`` with the version of ``plan_id`` in force at the event's time.
 
-    Raises ``UnknownPlan`` or ``NoRate`` (both permanent: the event goes to the DLQ).
+    Raises ``UnknownPlan``, ``NoRate`` or ``ChargeTooLarge`` (all permanent: the
+    event goes to the DLQ).
     """
     version = book.plan(plan_id, event.time)
     country: str | None
@@ -94,6 +101,10 @@ def rate(event: UsageEvent, book: TariffBook, plan_id: str) -> Charge:
         if version.stt is None:
             raise _no_service(version, "speech-to-text")
         country, amount = None, cost(event.seconds, version.stt)
+    if amount > MAX_CHARGE:
+        raise ChargeTooLarge(
+            f"{event.service} priced at {amount} micro-{version.currency}, above the "
+            f"limit of one event ({MAX_CHARGE} micro-units)")
     return _new_charge(
         event.event_id,
         event.source,

@@ -157,6 +157,10 @@ async def test_bad_events_go_to_the_dlq_with_reasons_and_the_rest_is_applied(
         (call("b4", "acct-1", "+8823401234567", 0, 60), "no_rate"),
         (call("b5", "acct-nobody", GB_LANDLINE, 0, 60), "unknown_account"),
         (call("b6", "acct-1", "+4930123456", 0, 60), "no_rate"),  # DE not in the deck
+        # Keys PostgreSQL cannot store, and a price no bigint balance should take.
+        (call("b7\u0000", "acct-1", GB_LANDLINE, 0, 60), "invalid_event"),
+        (call("b8" * 200, "acct-1", GB_LANDLINE, 0, 60), "invalid_event"),
+        (call("b9", "acct-1", GB_LANDLINE, 0, 2**63 - 1), "charge_too_large"),
     ]
     good = [call(f"g{i}", "acct-1", GB_LANDLINE, 0, 30) for i in range(10)]
     stream = [("acct-1", e) for e in good[:5]] + [("acct-1", e) for e, _ in bad] + \

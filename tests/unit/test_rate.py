@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from rating.errors import NoRate, UnknownPlan
+from rating.errors import ChargeTooLarge, NoRate, UnknownPlan
 from rating.events import CallUsage, SmsUsage, SttUsage, TollFreeUsage, UsageEvent
 from rating.pricing import Increment, TimedRate, cost
-from rating.rate import Charge, call_rate_for, rate
+from rating.rate import MAX_CHARGE, Charge, call_rate_for, rate
 from rating.tariff import CallDeck, PlanVersion, SmsDeck, TariffBook, TollFreeDeck
 
 PER_MINUTE = Increment(60, 60)
@@ -105,6 +105,27 @@ def test_rate(event: UsageEvent, country: str | None, amount: int) -> None:
     assert charged == Charge(
         event.event_id, "sw-1", "acct-42", event.service, country, amount, "EUR", "standard"
     )
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        call("+33123456789", 0, 2**63 - 1),  # the largest integer a switch can send
+        tollfree("inbound", to_s=2**62),
+        sms("+442071234567", 2**62),
+        stt(10**17),
+    ],
+)
+def test_an_absurd_charge_is_refused_not_billed(event: UsageEvent) -> None:
+    with pytest.raises(ChargeTooLarge) as caught:
+        rate(event, BOOK, "standard")
+    assert caught.value.code == "charge_too_large"
+
+
+def test_a_charge_just_under_the_limit_is_billed() -> None:
+    # 0.024/min STT: 2.4 * 10^12 s is 4 * 10^10 min, 0.96 * 10^15 micro-units.
+    amount = rate(stt(2_400_000_000_000), BOOK, "standard").amount
+    assert 0.95 * MAX_CHARGE < amount <= MAX_CHARGE
 
 
 @pytest.mark.parametrize(
