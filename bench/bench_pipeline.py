@@ -6,7 +6,7 @@ directory) and broker, migrates, creates the accounts on the sample plan
 ``standard`` and measures:
 
   (a1) raw batched debit: ``rating.ledger.apply_usage`` on pre-rated batches of
-       2 000 events, one transaction each;
+       the engine's batch size (RATING_BATCH_MAX_EVENTS), one transaction each;
   (a2) raw Kafka fetch: an aiokafka consumer (the engine's fetch settings) reading
        the pre-published events;
   (b)  end to end: the same events read by a real ``UsageConsumer`` (default
@@ -83,7 +83,8 @@ from rating.tariff_store import TariffStore  # noqa: E402
 TARIFFS = REPO / "tariffs"
 PLAN = "standard"
 USAGE_PARTITIONS = 8  # as the engine creates usage.events
-DEBIT_BATCH = 2_000
+# The raw debit writes batches of the engine's own batch size (RATING_BATCH_MAX_EVENTS).
+DEBIT_BATCH = Settings.from_env(os.environ).batch_max_events
 
 TARGET_E2E_PER_S = 50_000
 TARGET_RAW_RATIO = 0.5
@@ -716,7 +717,8 @@ def report(args: argparse.Namespace, r: Results) -> None:
     debit_share = r.e2e["debit_s"] / r.e2e["busy_s"]
     mean_batch = r.e2e["events"] / max(1, r.e2e["batches"])
     rows = [
-        ("(a1) raw batched debit: apply_usage, 2 000 events/tx", f"{r.raw_debit:>11,.0f} ev/s"),
+        (f"(a1) raw batched debit: apply_usage, {DEBIT_BATCH:,} events/tx",
+         f"{r.raw_debit:>11,.0f} ev/s"),
         ("(a2) raw Kafka fetch: aiokafka consumer", f"{r.raw_fetch:>11,.0f} msg/s"),
         (f"(b)  end to end: UsageConsumer, {r.e2e['events']:,} events",
          f"{e2e_rate:>11,.0f} ev/s"),

@@ -67,7 +67,11 @@ class Settings:
     balance_topic: str = "balance.events"
     consumer_group: str = "rating-engine"
     recharge_group: str = "rating-engine-recharge"
-    batch_max_events: int = 2000
+    # Up to this many events per poll, debited in one transaction. Large batches pay
+    # off when catching up: an account with several events in a batch is updated
+    # once (10 000 rather than 2 000: ~17% more events/s in make bench); under a light
+    # load a poll returns what has arrived, so batches stay small and latency low.
+    batch_max_events: int = 10_000
     # How long the broker may hold a fetch open while waiting for new events. It bounds
     # the latency of a partition that has to wait for another partition's fetch to
     # return (aiokafka sends one fetch per broker at a time).
