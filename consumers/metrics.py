@@ -2,7 +2,53 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from itertools import accumulate
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+
+class BatchHistogram(Collector):
+    """A histogram fed a whole batch of values at once.
+
+    ``Histogram.observe`` walks its buckets in Python and takes a lock for every
+    value; at tens of thousands of events a second that was a few percent of the
+    engine's CPU. Here a value costs one bisect, and a batch one lock.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float],
+                 registry: CollectorRegistry = REGISTRY) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = (*sorted(float(b) for b in buckets), float("inf"))
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()  # collect() runs on the metrics server's thread
+        registry.register(self)
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        bounds = self._bounds
+        counts = [0] * len(bounds)
+        total = 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1  # le: value <= bound
+            total += value
+        with self._lock:
+            self._counts = [a + b for a, b in zip(self._counts, counts, strict=True)]
+            self._sum += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        yield HistogramMetricFamily(
+            self._name, self._documentation, sum_value=total,
+            buckets=[("+Inf" if bound == float("inf") else repr(bound), cumulative)
+                     for bound, cumulative in zip(self._bounds, accumulate(counts), strict=True)])
+
 
 EVENTS_CONSUMED = Counter(
     "rating_events_consumed_total", "Usage events read from Kafka, by CloudEvents type.",
@@ -25,7 +71,7 @@ BATCH_EVENTS = Histogram(
 DEBIT_SECONDS = Histogram(
     "rating_debit_transaction_seconds", "Duration of one batch's debit transaction.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-EVENT_TO_COMMIT_SECONDS = Histogram(
+EVENT_TO_COMMIT_SECONDS = BatchHistogram(
     "rating_event_to_commit_seconds",
     "From a usage event's time to the commit of its debit.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))

@@ -189,9 +189,8 @@ class UsageConsumer:
         result = await retry_transient(lambda: self._write(prepared), what="debit transaction",
                                        stopping=self.stopping)
         committed_at = time.time()
-        for usage in prepared.rated:
-            metrics.EVENT_TO_COMMIT_SECONDS.observe(
-                max(0.0, committed_at - usage.event_time.timestamp()))
+        metrics.EVENT_TO_COMMIT_SECONDS.observe_many(
+            max(0.0, committed_at - usage.event_time.timestamp()) for usage in prepared.rated)
         rejected = rejected + prepared.rejected
         if rejected:
             await retry_transient(lambda: self._send_to_dlq(rejected), what="DLQ publish",
