@@ -63,10 +63,11 @@ def _new_charge(
     return charge_
 
 
-# One event may cost at most 1 000 000 000 units of its currency. Far above any real
-# call, message or transcription, and low enough that a batch of events can never
-# overflow a bigint balance (2 000 x 10^15 < 2^63).
-MAX_CHARGE = 10**15
+# One event may cost at most 100 000 000 units of its currency: far above any real
+# call, message or transcription, and low enough that the sum of a batch of up to
+# MAX_BATCH_EVENTS events fits the bigint the debit statement adds up in.
+MAX_CHARGE = 10**14
+MAX_BATCH_EVENTS = (2**63 - 1) // MAX_CHARGE  # 92 233
 
 
 def _no_service(version: PlanVersion, service: str) -> NoRate:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from rating.rate import MAX_BATCH_EVENTS
+
 T = TypeVar("T")
 
 
@@ -31,6 +33,13 @@ def _positive_int(name: str, raw: str) -> int:
         raise SettingsError(f"{name}: expected a positive integer, got {raw!r}") from None
     if value < 1:
         raise SettingsError(f"{name}: expected a positive integer, got {raw!r}")
+    return value
+
+
+def _batch_size(name: str, raw: str) -> int:
+    value = _positive_int(name, raw)
+    if value > MAX_BATCH_EVENTS:  # a batch's sum of charges must fit a bigint
+        raise SettingsError(f"{name}: at most {MAX_BATCH_EVENTS} events, got {raw!r}")
     return value
 
 
@@ -86,8 +95,8 @@ class Settings:
                      "recharge_group"):
             if not getattr(self, name):
                 raise SettingsError(f"{name}: must not be empty")
-        if self.batch_max_events < 1:
-            raise SettingsError("batch_max_events: must be >= 1")
+        if not 1 <= self.batch_max_events <= MAX_BATCH_EVENTS:
+            raise SettingsError(f"batch_max_events: must be 1..{MAX_BATCH_EVENTS}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -119,7 +128,7 @@ class Settings:
             balance_topic=text("RATING_BALANCE_TOPIC", defaults.balance_topic),
             consumer_group=text("RATING_CONSUMER_GROUP", defaults.consumer_group),
             recharge_group=text("RATING_RECHARGE_GROUP", defaults.recharge_group),
-            batch_max_events=parsed("RATING_BATCH_MAX_EVENTS", _positive_int,
+            batch_max_events=parsed("RATING_BATCH_MAX_EVENTS", _batch_size,
                                     defaults.batch_max_events),
             fetch_max_wait_ms=parsed("RATING_FETCH_MAX_WAIT_MS", _positive_int,
                                      defaults.fetch_max_wait_ms),

@@ -123,8 +123,8 @@ def test_an_absurd_charge_is_refused_not_billed(event: UsageEvent) -> None:
 
 
 def test_a_charge_just_under_the_limit_is_billed() -> None:
-    # 0.024/min STT: 2.4 * 10^12 s is 4 * 10^10 min, 0.96 * 10^15 micro-units.
-    amount = rate(stt(2_400_000_000_000), BOOK, "standard").amount
+    # 0.024/min STT: 2.4 * 10^11 s is 4 * 10^9 min, 0.96 * 10^14 micro-units.
+    amount = rate(stt(240_000_000_000), BOOK, "standard").amount
     assert 0.95 * MAX_CHARGE < amount <= MAX_CHARGE
 
 

@@ -31,6 +31,7 @@ def test_tuning_variables_are_read() -> None:
     ("RATING_FETCH_MAX_WAIT_MS", "0"),
     ("RATING_FETCH_MAX_WAIT_MS", "fast"),
     ("RATING_BATCH_MAX_EVENTS", "-1"),
+    ("RATING_BATCH_MAX_EVENTS", "100000"),  # a batch's charges must sum within a bigint
     ("RATING_METRICS_PORT", "70000"),
     ("RATING_KAFKA_BOOTSTRAP", "nonsense"),
     ("RATING_DATABASE_URL", "mysql://x"),
