@@ -6,6 +6,10 @@ Order per polled batch, which is what makes the effect exactly-once:
   3. publish the set-aside events to the DLQ and wait for the broker's ack;
   4. only then commit the Kafka offsets.
 A crash anywhere before 4 redelivers the batch; step 2 then changes nothing.
+
+Batches overlap, but each step sees them in order: batch N+1 is decoded and rated
+while N is being written, and written while N's offsets are being committed. No
+offset is committed before the write of every batch up to it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,15 @@ from consumers.kafka_batches import Record, commit_past, poll_records
 from consumers.retry import StoppedWhileRetrying, retry_transient
 from rating.errors import PermanentError, UnknownAccount
 from rating.events import UsageEvent, decode_usage_event
-from rating.ledger import AccountInfo, BatchResult, RatedUsage, apply_usage, lookup_accounts
+from rating.ledger import (
+    AccountInfo,
+    BatchResult,
+    DebitBatch,
+    RatedUsage,
+    apply_usage,
+    debit_rows,
+    lookup_accounts,
+)
 from rating.rate import rate
 from rating.settings import Settings
 from rating.tariff import TariffBook
@@ -51,6 +63,7 @@ class PreparedBatch:
     rated: list[RatedUsage]
     rejected: list[Rejected]
     repeated: int = 0  # the same (source, id) more than once in this batch
+    debit: DebitBatch | None = None  # ``rated``, encoded for the debit statement
 
 
 def decode_all(records: Sequence[Record]) -> tuple[list[tuple[Record, UsageEvent]],
@@ -127,33 +140,54 @@ class UsageConsumer:
         self.stopping.set()
 
     async def run(self) -> None:
-        """Fetch, decode and rate batch N+1 while batch N's debit is in flight.
+        """Poll, prepare, write and acknowledge batches until asked to stop."""
+        try:
+            await self._run_batches()
+        except StoppedWhileRetrying as exc:
+            log.warning("stopping with batch uncommitted (%s); it will be redelivered", exc)
 
-        Only the CPU work of N+1 overlaps N's database wait: debits, DLQ sends and
-        offset commits still happen one batch at a time, in order, so the
-        exactly-once argument above is unchanged.
+    async def _run_batches(self) -> None:
+        """Three steps at once, each on a different batch and each in batch order.
+
+        Batch N+2 is decoded and rated (CPU) while N+1 is written (the database) and
+        N's DLQ events and offsets go to the broker. A write starts only once the
+        previous write has committed, and an acknowledgement only once the previous
+        one is done: the exactly-once argument above holds batch by batch.
         """
-        inflight: asyncio.Task[None] | None = None
+        writing: asyncio.Task[BatchResult] | None = None
+        acknowledging: asyncio.Task[None] | None = None
         try:
             while not self.stopping.is_set():
                 records = await self._poll()
                 await self._update_lag()
                 staged = await self._prepare(records) if records else None
-                if inflight is not None:
-                    await inflight
-                    inflight = None
-                if staged is not None:
-                    inflight = asyncio.create_task(self._finish(records, *staged))
-            if inflight is not None:
-                await inflight
-        except StoppedWhileRetrying as exc:
-            log.warning("stopping with batch uncommitted (%s); it will be redelivered", exc)
+                if writing is not None:
+                    await writing  # one write at a time; a failed one surfaces here
+                    writing = None
+                if acknowledging is not None and acknowledging.done():
+                    acknowledging.result()  # so does a failed acknowledgement
+                if staged is None:
+                    continue
+                prepared, rejected = staged
+                writing = asyncio.create_task(self._write(prepared))
+                acknowledging = asyncio.create_task(
+                    self._acknowledge(records, prepared, rejected, writing, acknowledging))
+                # Let the write send its first statement before the next poll, whose
+                # record parsing would otherwise keep the database waiting.
+                await asyncio.sleep(0)
+        except BaseException:
+            # Retries in flight give up rather than wait for a recovery; what was
+            # written is still acknowledged, and the first failure is the one raised.
+            self.stopping.set()
+            if acknowledging is not None:
+                with contextlib.suppress(Exception):
+                    await acknowledging
+            raise
+        if acknowledging is not None:
+            await acknowledging  # waits for every earlier acknowledgement too
 
     async def _poll(self) -> list[Record]:
         return await poll_records(self._consumer, self._settings.batch_max_events)
-
-    async def process(self, records: list[Record]) -> None:
-        await self._finish(records, *await self._prepare(records))
 
     async def _prepare(self, records: list[Record]) -> tuple[PreparedBatch, list[Rejected]]:
         """Decode, look up the accounts and rate: no write, safe to run ahead."""
@@ -179,18 +213,40 @@ class UsageConsumer:
         book = self._tariffs.book  # one tariff snapshot for the whole batch
         prepared = PreparedBatch([], [])
         seen: set[tuple[str, str]] = set()
+        rows: list[dict[str, object]] = []
         for start in range(0, len(decoded), _SLICE):
+            rated_before = len(prepared.rated)
             rate_into(prepared, seen, decoded[start:start + _SLICE], accounts, book, received)
+            rows += debit_rows(prepared.rated[rated_before:])
             await asyncio.sleep(0)
+        prepared.debit = DebitBatch.of(prepared.rated, rows)
         return prepared, rejected
 
-    async def _finish(self, records: list[Record], prepared: PreparedBatch,
-                      rejected: list[Rejected]) -> None:
-        result = await retry_transient(lambda: self._write(prepared), what="debit transaction",
-                                       stopping=self.stopping)
+    async def _write(self, prepared: PreparedBatch) -> BatchResult:
+        """The batch's debit transaction, retried until it commits (or we stop)."""
+        debit = prepared.debit or DebitBatch.of(prepared.rated)
+
+        async def write() -> BatchResult:
+            async with self._pool.acquire() as conn:
+                started = time.perf_counter()
+                result = await apply_usage(conn, debit)
+                metrics.DEBIT_SECONDS.observe(time.perf_counter() - started)
+            return result
+
+        result = await retry_transient(write, what="debit transaction", stopping=self.stopping)
         committed_at = time.time()
         metrics.EVENT_TO_COMMIT_SECONDS.observe_many(
             max(0.0, committed_at - usage.event_time.timestamp()) for usage in prepared.rated)
+        return result
+
+    async def _acknowledge(self, records: list[Record], prepared: PreparedBatch,
+                           rejected: list[Rejected], written: asyncio.Task[BatchResult],
+                           previous: asyncio.Task[None] | None) -> None:
+        """DLQ and offsets of a batch, once the previous one is acknowledged and this one
+        written (a failure of either is raised here, before any offset is committed)."""
+        if previous is not None:
+            await previous
+        result = await written
         rejected = rejected + prepared.rejected
         if rejected:
             await retry_transient(lambda: self._send_to_dlq(rejected), what="DLQ publish",
@@ -199,13 +255,6 @@ class UsageConsumer:
         self._count(result, rejected)
         if prepared.repeated:
             metrics.EVENTS_DUPLICATE.inc(prepared.repeated)
-
-    async def _write(self, prepared: PreparedBatch) -> BatchResult:
-        async with self._pool.acquire() as conn:
-            started = time.perf_counter()
-            result = await apply_usage(conn, prepared.rated)
-            metrics.DEBIT_SECONDS.observe(time.perf_counter() - started)
-        return result
 
     async def _send_to_dlq(self, rejected: list[Rejected]) -> None:
         futures = []

@@ -117,43 +117,64 @@ _APPLY_REDELIVERED = _INPUT + "    ON CONFLICT (event_source, event_id) DO NOTHI
 _EVENT_KEY = "ledger_event_source_event_id_key"
 
 
-def batch_json(batch: Sequence[RatedUsage]) -> str:
-    """The rows of ``batch`` as the json parameter of the debit statement."""
+def debit_rows(batch: Sequence[RatedUsage]) -> list[dict[str, object]]:
+    """The rows of ``batch`` for the debit statement's json parameter."""
     # One-letter keys (named in _INPUT) keep a 10 000-event batch near 1.5 MB
     # rather than 2.5 MB: sending it is copied a chunk at a time by the transport.
-    return orjson.dumps([
+    return [
         {"s": c.source, "i": c.event_id, "a": c.account_id, "p": c.amount,
          "v": u.on_invoice, "k": c.service, "c": c.country, "l": c.plan_id,
          "u": c.currency, "t": u.event_time}
         for u in batch for c in (u.charge,)
-    ]).decode()
+    ]
 
 
-async def apply_usage(conn: Connection, batch: Sequence[RatedUsage]) -> BatchResult:
+@dataclass(frozen=True, slots=True)
+class DebitBatch:
+    """A rated batch with its statement parameter encoded, ready to debit.
+
+    Encoding is CPU work: the usage consumer does it while the previous batch's
+    debit is in flight, so the database is never kept waiting for it.
+    """
+
+    usage: Sequence[RatedUsage]
+    rows_json: str
+    account_ids: list[str]  # sorted: the order their rows are locked in
+
+    @classmethod
+    def of(cls, usage: Sequence[RatedUsage],
+           rows: list[dict[str, object]] | None = None) -> DebitBatch:
+        """``rows``, when given, must be ``debit_rows(usage)`` (built a slice at a time)."""
+        return cls(usage, orjson.dumps(debit_rows(usage) if rows is None else rows).decode(),
+                   sorted({u.charge.account_id for u in usage}))
+
+
+async def apply_usage(conn: Connection, batch: Sequence[RatedUsage] | DebitBatch) -> BatchResult:
     """Debit ``batch`` exactly once, in one transaction of its own.
 
     Inside a caller's transaction it becomes a savepoint of it (still all or nothing).
     """
-    if not batch:
+    debit = batch if isinstance(batch, DebitBatch) else DebitBatch.of(batch)
+    if not debit.usage:
         return BatchResult(0, 0, [], [])
-    rows_json = batch_json(batch)
+    new, redelivered = _APPLY_NEW, _APPLY_REDELIVERED
+    params: tuple[object, ...] = (debit.rows_json,)
     try:
         async with conn.transaction():
-            return await _apply(conn, batch, _APPLY_NEW, rows_json)
+            return await _apply(conn, debit, new, params)
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != _EVENT_KEY:
             raise
     async with conn.transaction():
-        return await _apply(conn, batch, _APPLY_REDELIVERED, rows_json)
+        return await _apply(conn, debit, redelivered, params)
 
 
-async def _apply(conn: Connection, batch: Sequence[RatedUsage], statement: str,
-                 rows_json: str) -> BatchResult:
-    account_ids = sorted({u.charge.account_id for u in batch})
+async def _apply(conn: Connection, debit: DebitBatch, statement: str,
+                 params: tuple[object, ...]) -> BatchResult:
     await conn.execute(
         "SELECT 1 FROM accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
-        account_ids)
-    rows = await conn.fetch(statement, rows_json)
+        debit.account_ids)
+    rows = await conn.fetch(statement, *params)
     totals = [UsageTotal(r["service"], r["currency"], r["kind"], r["events"], r["version"])
               for r in rows if r["id"] is None]
     applied = sum(t.events for t in totals)
@@ -165,4 +186,4 @@ async def _apply(conn: Connection, batch: Sequence[RatedUsage], statement: str,
             r["id"], r["before"], r["after"], r["low_balance_threshold"], r["currency"],
             r["version"]))
     await insert_events(conn, announced)
-    return BatchResult(applied, len(batch) - applied, announced, totals)
+    return BatchResult(applied, len(debit.usage) - applied, announced, totals)
