@@ -95,7 +95,7 @@ _SUMS = """
     UPDATE accounts a
     SET balance = a.balance + s.total, version = a.version + 1, updated_at = now()
     FROM sums s
-    WHERE a.id = s.account_id AND s.total <> 0
+    WHERE a.id = s.account_id AND s.total <> 0{by_key}
     RETURNING a.id, a.balance - s.total AS before, a.balance AS after,
               a.low_balance_threshold, a.currency, a.version
 )
@@ -112,8 +112,19 @@ FROM inserted GROUP BY currency, service, kind
 # ON CONFLICT (about an eighth of the statement). A batch holding an event the ledger
 # has already (a redelivery) fails on the unique key instead, its transaction is
 # rolled back, and it runs again with ON CONFLICT DO NOTHING, which skips those.
-_APPLY_NEW = _INPUT + _SUMS
-_APPLY_REDELIVERED = _INPUT + "    ON CONFLICT (event_source, event_id) DO NOTHING" + _SUMS
+_ON_CONFLICT = "    ON CONFLICT (event_source, event_id) DO NOTHING"
+# The planner takes json_to_recordset for 100 rows whatever the batch, so with a
+# table of a few thousand accounts it reads all of them to update a few (2.3 ms for
+# a 45-event batch, 0.9 ms by key). A batch touching at most _BY_KEY_MAX_ACCOUNTS
+# accounts names them ($2, the locked ids) so that they are fetched by key; a larger
+# one is left to the planner, which is the faster way there (measured at 1 000 and
+# 3 000 events on 10 000 accounts).
+_BY_KEY = " AND a.id = ANY($2::text[])"
+_BY_KEY_MAX_ACCOUNTS = 1_000
+_APPLY_NEW = _INPUT + _SUMS.format(by_key="")
+_APPLY_REDELIVERED = _INPUT + _ON_CONFLICT + _SUMS.format(by_key="")
+_APPLY_NEW_BY_KEY = _INPUT + _SUMS.format(by_key=_BY_KEY)
+_APPLY_REDELIVERED_BY_KEY = _INPUT + _ON_CONFLICT + _SUMS.format(by_key=_BY_KEY)
 _EVENT_KEY = "ledger_event_source_event_id_key"
 
 
@@ -157,8 +168,11 @@ async def apply_usage(conn: Connection, batch: Sequence[RatedUsage] | DebitBatch
     debit = batch if isinstance(batch, DebitBatch) else DebitBatch.of(batch)
     if not debit.usage:
         return BatchResult(0, 0, [], [])
-    new, redelivered = _APPLY_NEW, _APPLY_REDELIVERED
-    params: tuple[object, ...] = (debit.rows_json,)
+    if len(debit.account_ids) <= _BY_KEY_MAX_ACCOUNTS:
+        new, redelivered = _APPLY_NEW_BY_KEY, _APPLY_REDELIVERED_BY_KEY
+        params: tuple[object, ...] = (debit.rows_json, debit.account_ids)
+    else:
+        new, redelivered, params = _APPLY_NEW, _APPLY_REDELIVERED, (debit.rows_json,)
     try:
         async with conn.transaction():
             return await _apply(conn, debit, new, params)

@@ -77,6 +77,26 @@ async def test_a_batch_with_redelivered_events_applies_only_the_new_ones(
     assert await ledger_explains_balances(pool) == []
 
 
+@pytest.mark.parametrize("accounts_in_batch", [3, 1_200])
+async def test_small_and_large_batches_debit_each_account_by_its_sum(
+        pool: asyncpg.Pool, accounts_in_batch: int) -> None:
+    # Up to 1 000 accounts the statement fetches them by key; above, the planner
+    # chooses. Both must give the same balances, new or redelivered.
+    ids = [f"many-{i:05d}" for i in range(accounts_in_batch)]
+    await AccountStore(pool).create_many(
+        NewAccount(a, "standard", "EUR", balance=OPENING) for a in ids)
+    batch = [usage(n, ids[n % len(ids)], amount=1_000 + n % 7) for n in range(2 * len(ids))]
+    expected = {a: OPENING for a in ids}
+    for u in batch:
+        expected[u.charge.account_id] -= u.charge.amount
+    assert await apply(pool, batch) == (len(batch), 0)
+    assert await apply(pool, batch + [usage(10**6, ids[0], amount=1)]) == (1, len(batch))
+    expected[ids[0]] -= 1
+    rows = await pool.fetch("SELECT id, balance FROM accounts WHERE id LIKE 'many-%'")
+    assert {r["id"]: r["balance"] for r in rows} == expected
+    assert await ledger_explains_balances(pool) == []
+
+
 async def test_a_redelivered_batch_inside_a_callers_transaction_keeps_the_rest_of_it(
         pool: asyncpg.Pool, accounts: None) -> None:
     assert await apply(pool, [usage(1)]) == (1, 0)
