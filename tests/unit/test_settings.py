@@ -13,7 +13,7 @@ def test_an_empty_environment_gives_the_defaults() -> None:
     settings = Settings.from_env({})
     assert settings == Settings()
     assert settings.database_url is None and settings.kafka_bootstrap is None
-    assert (settings.batch_max_events, settings.fetch_max_wait_ms) == (10_000, 10)
+    assert (settings.batch_max_events, settings.fetch_max_wait_ms) == (10_000, 30)
     assert settings.data_dir == Path(".rating")
 
 
