@@ -90,7 +90,7 @@ async def test_small_and_large_batches_debit_each_account_by_its_sum(
     for u in batch:
         expected[u.charge.account_id] -= u.charge.amount
     assert await apply(pool, batch) == (len(batch), 0)
-    assert await apply(pool, batch + [usage(10**6, ids[0], amount=1)]) == (1, len(batch))
+    assert await apply(pool, [*batch, usage(10**6, ids[0], amount=1)]) == (1, len(batch))
     expected[ids[0]] -= 1
     rows = await pool.fetch("SELECT id, balance FROM accounts WHERE id LIKE 'many-%'")
     assert {r["id"]: r["balance"] for r in rows} == expected

@@ -235,6 +235,34 @@ async def test_stt_on_invoice_accrues_instead_of_debiting(
     assert (row["kind"], row["amount"], row["accrued"]) == ("invoice", 0, parse_amount("0.24"))
 
 
+async def test_an_account_changed_while_the_consumer_runs_is_rated_as_it_is_now(
+        env: Settings, pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
+    # A change to an account (its speech-to-text billing, its plan) applies from the
+    # next event on, with the consumer running; nothing may keep the old values.
+    await make_account(pool, "acct-1", "1.00")
+    stt = [("acct-1", usage_event("usage.stt", f"s{i}", "acct-1", {"job_id": "j",
+                                                                    "seconds": 600}))
+           for i in (1, 2)]
+    async with running_consumer(env, pool):
+        publish_with_librdkafka(kafka_bootstrap, env.usage_topic, stt[:1])
+        await wait_until(lambda: _ledger_has(pool, 1), what="the first STT event")
+        await AccountStore(pool).set_stt_billing("acct-1", "invoice")
+        publish_with_librdkafka(kafka_bootstrap, env.usage_topic, stt[1:])
+        await wait_until(lambda: _ledger_has(pool, 2), what="the second STT event")
+        await pool.execute("UPDATE accounts SET plan_id = 'retired' WHERE id = 'acct-1'")
+        publish_with_librdkafka(kafka_bootstrap, env.usage_topic, [
+            ("acct-1", call("c1", "acct-1", GB_LANDLINE, 0, 60))])
+        dlq = await read_topic(kafka_bootstrap, env.dlq_topic, 1)
+    rows = await pool.fetch("SELECT event_id, kind, amount, accrued FROM ledger"
+                            " ORDER BY event_id")
+    assert [(r["event_id"], r["kind"], r["amount"], r["accrued"]) for r in rows] == [
+        ("s1", "usage", -parse_amount("0.24"), 0),
+        ("s2", "invoice", 0, parse_amount("0.24"))]
+    assert [dict(m.headers)["error_code"] for m in dlq] == [b"unknown_plan"]
+    assert await balance_of(pool, "acct-1") == parse_amount("0.76")
+    assert await ledger_explains_balances(pool) == []
+
+
 async def test_relayed_balance_events_match_their_schema_and_keep_their_ids(
         env: Settings, pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
     await make_account(pool, "acct-1", "0.30", threshold="0.25")
