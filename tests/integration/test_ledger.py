@@ -11,8 +11,9 @@ import pytest
 
 from rating.accounts import AccountStore, NewAccount
 from rating.events import MAX_KEY_LENGTH
-from rating.ledger import RatedUsage, apply_usage
+from rating.ledger import CROSSINGS_SQL, RatedUsage, apply_usage
 from rating.rate import Charge
+from rating.thresholds import balance_crossings
 from tests.support import ledger_explains_balances
 
 OPENING = 1_000 * 1_000_000
@@ -140,3 +141,39 @@ async def test_the_longest_event_keys_the_decoder_accepts_fit_the_ledger_index(
     widest = "\U0001f4de" * MAX_KEY_LENGTH  # 4 bytes each in UTF-8
     charge = Charge(widest, widest, "acct-1", "call", "GB", 1, "EUR", "standard")
     assert await apply(pool, [RatedUsage(charge, datetime.now(UTC), False)]) == (1, 0)
+
+
+async def test_writers_of_overlapping_accounts_in_opposite_orders_never_deadlock(
+        pool: asyncpg.Pool) -> None:
+    # The debit statement locks its accounts in id order before it updates any: two
+    # writers whose events name the same accounts in opposite orders just queue.
+    ids = [f"lock-{i:04d}" for i in range(300)]
+    await AccountStore(pool).create_many(
+        NewAccount(a, "standard", "EUR", balance=OPENING) for a in ids)
+    for round_ in range(8):
+        forward = [usage(10_000 * round_ + n, a) for n, a in enumerate(ids)]
+        backward = [usage(10_000 * round_ + 5_000 + n, a)
+                    for n, a in enumerate(reversed(ids))]
+        assert await asyncio.gather(apply(pool, forward), apply(pool, backward)) == [
+            (300, 0), (300, 0)]
+    balances = await pool.fetch("SELECT balance FROM accounts WHERE id LIKE 'lock-%'")
+    assert {r["balance"] for r in balances} == {OPENING - 16 * 1_000}
+    assert await ledger_explains_balances(pool) == []
+
+
+async def test_the_debit_statement_announces_crossings_as_the_threshold_rule_does(
+        pool: asyncpg.Pool) -> None:
+    # The statement writes the outbox rows itself, with CROSSINGS_SQL; rating.thresholds
+    # is the rule. Every ordering of before, after and threshold around zero, and
+    # equalities, is covered by small values.
+    values = range(-3, 4)
+    cases = [(b, a, t) for b in values for a in values for t in range(0, 4)]
+    rows = await pool.fetch(
+        "SELECT i, crossing.type FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])"
+        " WITH ORDINALITY AS c(before, after, threshold, i), LATERAL " + CROSSINGS_SQL
+        + " WHERE crossing.crossed ORDER BY i, crossing.rank",
+        [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases])
+    in_sql: dict[int, list[str]] = {}
+    for r in rows:
+        in_sql.setdefault(r["i"] - 1, []).append(r["type"])
+    assert {i: types for i, c in enumerate(cases) if (types := balance_crossings(*c))} == in_sql
