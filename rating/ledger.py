@@ -4,7 +4,8 @@ Per batch: lock the accounts in sorted id order (so concurrent writers never
 deadlock), insert every ledger row, unique on the event key (a redelivered event
 changes nothing: see ``_APPLY_REDELIVERED``), add each account's sum of the rows
 actually inserted to its balance, and write the threshold crossings to the outbox
-— all in one transaction, which commits before any Kafka offset does.
+— all in one statement, its own transaction, which commits before any Kafka offset
+does.
 """
 
 from __future__ import annotations
