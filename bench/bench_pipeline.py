@@ -70,6 +70,7 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
 from consumers.simulator import TrafficGenerator, destinations_for  # noqa: E402
+from consumers.usage_consumer import fetch_settings  # noqa: E402
 from rating.accounts import AccountStore, NewAccount  # noqa: E402
 from rating.db import create_pool  # noqa: E402
 from rating.embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
@@ -459,10 +460,7 @@ def publish_paced(bootstrap: str, topic: str, events: Iterator[tuple[str, bytes]
 
 def engine_fetch_settings() -> dict[str, int]:
     """The usage consumer's fetch configuration, for the bare consumers of (a2) and (d0)."""
-    settings = Settings.from_env(os.environ)
-    return {"max_poll_records": settings.batch_max_events,
-            "fetch_max_wait_ms": settings.fetch_max_wait_ms,
-            "fetch_max_bytes": 64 * 1024 * 1024, "max_partition_fetch_bytes": 16 * 1024 * 1024}
+    return fetch_settings(Settings.from_env(os.environ))
 
 
 async def measure_raw_fetch(bootstrap: str, topic: str, expected: int) -> float:

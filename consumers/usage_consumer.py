@@ -107,6 +107,13 @@ def rate_into(batch: PreparedBatch, seen: set[tuple[str, str]],
         batch.rated.append(RatedUsage(charge, event.time or received, on_invoice))
 
 
+def fetch_settings(settings: Settings) -> dict[str, int]:
+    """How the usage consumer fetches: a whole batch per poll, large fetches."""
+    return {"max_poll_records": settings.batch_max_events,
+            "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+            "fetch_max_bytes": 64 * 1024 * 1024, "max_partition_fetch_bytes": 16 * 1024 * 1024}
+
+
 class UsageConsumer:
     """Consumes ``usage.events`` in batches; one instance per consumer-group member."""
 
@@ -118,10 +125,7 @@ class UsageConsumer:
         self._producer = producer
         self._consumer = AIOKafkaConsumer(
             settings.usage_topic, bootstrap_servers=bootstrap, group_id=settings.consumer_group,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=settings.batch_max_events,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms, fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024)
+            enable_auto_commit=False, auto_offset_reset="earliest", **fetch_settings(settings))
         self.stopping = asyncio.Event()
         self._started = False
         self._closed = False
