@@ -12,6 +12,7 @@ import pytest
 from rating.accounts import AccountStore, NewAccount
 from rating.events import MAX_KEY_LENGTH
 from rating.ledger import CROSSINGS_SQL, RatedUsage, apply_usage
+from rating.outbox import BalanceChange, crossing_events
 from rating.rate import Charge
 from rating.thresholds import balance_crossings
 from tests.support import ledger_explains_balances
@@ -177,3 +178,22 @@ async def test_the_debit_statement_announces_crossings_as_the_threshold_rule_doe
     for r in rows:
         in_sql.setdefault(r["i"] - 1, []).append(r["type"])
     assert {i: types for i, c in enumerate(cases) if (types := balance_crossings(*c))} == in_sql
+
+
+async def test_the_outbox_rows_of_a_debit_are_those_crossing_events_makes(
+        pool: asyncpg.Pool) -> None:
+    # Top-ups write their balance events with rating.outbox.crossing_events; the debit
+    # statement writes its own. Same ids (account:version:type), values and order.
+    await AccountStore(pool).create(NewAccount("acct-x", "standard", "EUR", balance=3_000,
+                                               low_balance_threshold=2_500))
+    async with pool.acquire() as conn:
+        result = await apply_usage(conn, [usage(1, "acct-x", amount=4_000)])
+    version = await pool.fetchval("SELECT version FROM accounts WHERE id = 'acct-x'")
+    expected = crossing_events(BalanceChange("acct-x", 3_000, -1_000, 2_500, "EUR", version))
+    assert [e.type for e in expected] == ["balance.low", "balance.exhausted"]
+    assert result.announced == expected
+    rows = await pool.fetch("SELECT event_id, type, account_id, balance, threshold, currency"
+                            " FROM outbox ORDER BY seq")
+    assert [tuple(r) for r in rows] == [
+        (e.event_id, e.type, e.account_id, e.balance, e.threshold, e.currency)
+        for e in expected]
