@@ -17,6 +17,7 @@ from rating.db import Connection
 from rating.errors import PermanentError, UnknownAccount
 from rating.money import format_amount
 from rating.outbox import BalanceChange, OutboxEvent, crossing_events, insert_events
+from rating.recharge_requests import request_recharge
 
 SttBilling = Literal["credit", "invoice"]
 CreditKind = Literal["topup", "recharge", "adjustment"]
@@ -96,6 +97,21 @@ _ACCOUNT_COLUMNS = (
 )
 
 
+# The settings change and, in the same statement, whether it started "on and below the
+# threshold" (it was not so before); the version counts it as a change of the account.
+_TURN_AUTO_RECHARGE_ON = f"""
+WITH before AS (
+    SELECT id AS account_id, auto_recharge_enabled AND balance < low_balance_threshold AS due
+    FROM accounts WHERE id = $1 FOR UPDATE)
+UPDATE accounts
+SET auto_recharge_enabled = true, auto_recharge_amount = $2, low_balance_threshold = $3,
+    version = version + 1, updated_at = now()
+FROM before
+WHERE id = before.account_id
+RETURNING {_ACCOUNT_COLUMNS}, NOT before.due AND balance < $3 AS recharge_now
+"""
+
+
 class AccountStore:
     """Account operations over an asyncpg pool; the pool's lifecycle is the caller's."""
 
@@ -149,18 +165,28 @@ class AccountStore:
 
         The recharge threshold is the account's low-balance threshold: one number
         decides both when ``balance.low`` is announced and when the card is charged.
+        When this change is what puts the account in "on, and below the threshold"
+        (turned on, or the threshold raised, with the balance already below it), a
+        recharge is requested at once: no crossing is coming to trigger it. The
+        recharge worker sends it within a tick.
         """
         if amount is None:
             return await self._one(
-                f"UPDATE accounts SET auto_recharge_enabled = false, updated_at = now()"
-                f" WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}", account_id)
+                f"UPDATE accounts SET auto_recharge_enabled = false, version = version + 1,"
+                f" updated_at = now() WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}", account_id)
         if amount <= 0 or below is None or below < 0:
             raise PermanentError("auto-recharge needs amount > 0 and threshold >= 0",
                                  code="invalid_settings")
-        return await self._one(
-            f"UPDATE accounts SET auto_recharge_enabled = true, auto_recharge_amount = $2,"
-            f" low_balance_threshold = $3, updated_at = now()"
-            f" WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}", account_id, amount, below)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_TURN_AUTO_RECHARGE_ON, account_id, amount, below)
+            if row is None:
+                raise UnknownAccount(f"unknown account {account_id!r}")
+            account = Account.from_record(row)
+            if row["recharge_now"]:
+                # The version makes the id unique to this change of settings.
+                await request_recharge(
+                    conn, account_id, f"{account_id}:{account.version}:auto-recharge.on", row)
+        return account
 
     async def set_stt_billing(self, account_id: str, mode: SttBilling) -> Account:
         return await self._one(

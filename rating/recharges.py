@@ -1,7 +1,9 @@
 """Automatic recharges and one-time top-ups: the card is charged first, credit follows
 only for money actually taken, and each payment is credited exactly once.
 
-A recharge (one row per ``balance.low`` crossing, at most one in flight per account)::
+A recharge (one row per ``balance.low`` crossing, or per time auto-recharge is turned on
+or its threshold raised while the balance is already below it; at most one in flight
+per account)::
 
     requested ──claim──► charging ──succeeded──► succeeded   credit + recharge.succeeded
         ▲                   │  └────pending────► pending ──status()──► (same answers)
@@ -18,7 +20,6 @@ decline moves on to a new key, after a delay, so a card is never hammered.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -29,7 +30,7 @@ from asyncpg.pool import PoolConnectionProxy
 from rating.accounts import Account, AccountStore, IdempotencyConflict
 from rating.errors import PermanentError, UnknownAccount
 from rating.money import format_amount
-from rating.outbox import OutboxEvent, insert_events
+from rating.outbox import insert_events
 from rating.payments import (
     ChargeRequest,
     PaymentDeclined,
@@ -37,6 +38,7 @@ from rating.payments import (
     PaymentResult,
     PaymentUnavailable,
 )
+from rating.recharge_requests import RechargeAttempt, recharge_event, request_recharge
 
 log = logging.getLogger(__name__)
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -66,31 +68,6 @@ class RechargePolicy:
     @property
     def max_attempts(self) -> int:
         return len(self.retry_delays_s) + 1
-
-
-@dataclass(frozen=True, slots=True)
-class _Claim:
-    id: int
-    crossing_id: str
-    account_id: str
-    amount: int
-    currency: str
-    attempt: int
-    status: str  # before the claim: requested, charging or pending
-    payment_id: str | None
-
-    @property
-    def key(self) -> str:
-        return f"recharge/{self.crossing_id}/{self.attempt}"
-
-
-def _event(claim: _Claim, type_: str, suffix: str, account: asyncpg.Record,
-           extra: Mapping[str, str]) -> OutboxEvent:
-    return OutboxEvent(
-        f"{claim.crossing_id}/{claim.attempt}/{suffix}", type_, claim.account_id,
-        account["balance"], account["low_balance_threshold"], account["currency"].strip(),
-        {"amount": format_amount(claim.amount), "attempt": str(claim.attempt),
-         "crossing_id": claim.crossing_id, **extra})
 
 
 _ACCOUNT = ("SELECT balance, low_balance_threshold, currency::text AS currency,"
@@ -136,21 +113,9 @@ class RechargeService:
                 return "disabled"
             if account["balance"] >= account["low_balance_threshold"]:
                 return "not_below"
-            recharge_id = await conn.fetchval(
-                """
-                INSERT INTO recharges (crossing_id, account_id, amount, currency,
-                                       next_attempt_at)
-                VALUES ($1, $2, $3, $4, now())
-                ON CONFLICT DO NOTHING RETURNING id
-                """, crossing_id, account_id, account["auto_recharge_amount"],
-                account["currency"])
+            recharge_id = await request_recharge(conn, account_id, crossing_id, account)
             if recharge_id is None:  # the partial unique index: one is in flight already
                 return "in_flight"
-            claim = _Claim(recharge_id, crossing_id, account_id,
-                           account["auto_recharge_amount"], account["currency"], 1,
-                           "requested", None)
-            await insert_events(conn, [_event(claim, "recharge.requested",
-                                              "recharge.requested", account, {})])
         return await self._attempt(recharge_id)
 
     async def run_due(self) -> list[RechargeOutcome]:
@@ -184,16 +149,16 @@ class RechargeService:
             return "unavailable"
         return await self._record(claim, result)
 
-    async def _claim(self, recharge_id: int) -> _Claim | RechargeOutcome:
+    async def _claim(self, recharge_id: int) -> RechargeAttempt | RechargeOutcome:
         """Take a due recharge for one attempt; the next one is due when the answer is."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(_CLAIMABLE, recharge_id)
             if row is None:
                 return "busy"
             account = await _account(conn, row["account_id"])
-            claim = _Claim(row["id"], row["crossing_id"], row["account_id"], row["amount"],
-                           row["currency"].strip(), row["attempt"], row["status"],
-                           row["payment_id"])
+            claim = RechargeAttempt(row["id"], row["crossing_id"], row["account_id"],
+                                    row["amount"], row["currency"].strip(), row["attempt"],
+                                    row["status"], row["payment_id"])
             if claim.status == "requested":
                 # Nothing was sent for this attempt yet, so it can still be called off.
                 reason = None
@@ -206,17 +171,17 @@ class RechargeService:
                         "UPDATE recharges SET status = 'cancelled', next_attempt_at = NULL,"
                         " last_reason = $2, settled_at = now(), updated_at = now()"
                         " WHERE id = $1", claim.id, reason)
-                    await insert_events(conn, [_event(
+                    await insert_events(conn, [recharge_event(
                         claim, "recharge.failed", "recharge.cancelled", account,
                         {"reason": reason, "final": "true", "cancelled": "true"})])
                     return "cancelled"
                 # A retry charges the amount the customer has configured now.
-                claim = _Claim(claim.id, claim.crossing_id, claim.account_id,
-                               account["auto_recharge_amount"], claim.currency, claim.attempt,
-                               claim.status, None)
+                claim = RechargeAttempt(claim.id, claim.crossing_id, claim.account_id,
+                                        account["auto_recharge_amount"], claim.currency,
+                                        claim.attempt, claim.status, None)
                 if claim.attempt > 1:
-                    await insert_events(conn, [_event(claim, "recharge.requested",
-                                                      "recharge.requested", account, {})])
+                    await insert_events(conn, [recharge_event(
+                        claim, "recharge.requested", "recharge.requested", account, {})])
             wait = (self.policy.settle_poll_s if claim.status == "pending"
                     else self.policy.answer_timeout_s)
             await conn.execute(
@@ -226,7 +191,7 @@ class RechargeService:
                 " WHERE id = $1", claim.id, claim.amount, float(wait))
             return claim
 
-    async def _record(self, claim: _Claim, result: PaymentResult) -> RechargeOutcome:
+    async def _record(self, claim: RechargeAttempt, result: PaymentResult) -> RechargeOutcome:
         if result.status == "succeeded":
             credit = await self._store.credit(
                 claim.account_id, kind="recharge", source="recharge", key=claim.crossing_id,
@@ -240,7 +205,7 @@ class RechargeService:
                     " RETURNING 1", claim.id, claim.attempt, result.payment_id)
                 if done:
                     account = await _account(conn, claim.account_id)
-                    await insert_events(conn, [_event(
+                    await insert_events(conn, [recharge_event(
                         claim, "recharge.succeeded", "recharge.succeeded", account,
                         {"payment_id": result.payment_id})])
             if credit.applied:
@@ -256,7 +221,8 @@ class RechargeService:
             return "pending"
         return await self._record_decline(claim, result)
 
-    async def _record_decline(self, claim: _Claim, result: PaymentResult) -> RechargeOutcome:
+    async def _record_decline(self, claim: RechargeAttempt,
+                              result: PaymentResult) -> RechargeOutcome:
         final = claim.attempt >= self.policy.max_attempts
         delay = 0.0 if final else self.policy.retry_delays_s[claim.attempt - 1]
         reason = result.reason or "declined"
@@ -280,8 +246,8 @@ class RechargeService:
                      "payment_id": result.payment_id}
             if not final:
                 extra["next_attempt_at"] = retry_at.isoformat().replace("+00:00", "Z")
-            await insert_events(conn, [_event(claim, "recharge.failed", "recharge.failed",
-                                              account, extra)])
+            await insert_events(conn, [recharge_event(claim, "recharge.failed",
+                                                      "recharge.failed", account, extra)])
         log.info("recharge %s attempt %d declined (%s)%s", claim.crossing_id, claim.attempt,
                  reason, "; giving up" if final else f"; retrying in {delay:g} s")
         return "failed" if final else "declined"

@@ -226,6 +226,10 @@ async def test_auto_recharge_and_stt_billing_settings(api: Api) -> None:
     assert status == 200
     assert body["auto_recharge"] == {"enabled": True, "amount": "20.000000", "below": "5.000000"}
     assert body["low_balance_threshold"] == "5.000000"
+    # The balance (1.00) is already below: a recharge is requested for the worker to send.
+    assert await api.pool.fetchval(
+        "SELECT count(*) FROM recharges WHERE account_id = 'acct-1' AND status = 'requested'"
+    ) == 1
     status, body = await api.call("PUT", path, {"enabled": False}, headers=AUTH)
     assert status == 200 and body["auto_recharge"]["enabled"] is False
     for payload, expected in [({"enabled": "yes"}, 400), ({"enabled": True}, 400),

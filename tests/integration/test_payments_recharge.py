@@ -118,6 +118,86 @@ async def test_no_recharge_when_off_or_already_recovered(pool: asyncpg.Pool) -> 
     assert provider.payments == []
 
 
+async def recharges(pool: asyncpg.Pool, account_id: str = "acct-1") -> list[tuple[str, str]]:
+    rows = await pool.fetch("SELECT crossing_id, status FROM recharges WHERE account_id = $1"
+                            " ORDER BY id", account_id)
+    return [(r["crossing_id"], r["status"]) for r in rows]
+
+
+async def test_turning_auto_recharge_on_below_the_threshold_recharges_at_once(
+        pool: asyncpg.Pool) -> None:
+    """No crossing is coming for a balance that is already low: the setting itself asks."""
+    await make_account(pool, balance="3.00", recharge=None)  # below 5, auto-recharge off
+    store = AccountStore(pool)
+    account = await store.set_auto_recharge("acct-1", amount=EUR("20.00"), below=EUR("5.00"))
+    provider = SimulatedProvider()
+    service = RechargeService(pool, provider, FAST)
+
+    assert await recharges(pool) == [(f"acct-1:{account.version}:auto-recharge.on",
+                                      "requested")]
+    assert await service.run_due() == ["succeeded"]  # what the worker's tick does
+    assert [p.amount for p in provider.captured()] == [EUR("20.00")]
+    assert await balance(pool) == EUR("23.00")
+    types = await outbox_types(pool)
+    assert types.count("recharge.requested") == 1 and types.count("recharge.succeeded") == 1
+    extra = orjson.loads(await pool.fetchval(
+        "SELECT extra FROM outbox WHERE type = 'recharge.requested'"))
+    assert extra == {"amount": "20.000000", "attempt": "1",
+                     "crossing_id": f"acct-1:{account.version}:auto-recharge.on"}
+    assert await ledger_explains_balances(pool) == []
+    # Saying the same again (a retried request) is not a new reason to charge the card.
+    await store.set_auto_recharge("acct-1", amount=EUR("20.00"), below=EUR("5.00"))
+    assert await service.run_due() == []
+    assert len(provider.payments) == 1
+
+
+async def test_raising_the_threshold_above_the_balance_recharges_at_once(
+        pool: asyncpg.Pool) -> None:
+    await make_account(pool, balance="10.00")  # on, below 5: not due
+    store = AccountStore(pool)
+    await store.set_auto_recharge("acct-1", amount=EUR("20.00"), below=EUR("8.00"))
+    assert await recharges(pool) == []  # 10 is still at or above 8
+    await store.set_auto_recharge("acct-1", amount=EUR("20.00"), below=EUR("15.00"))
+    provider = SimulatedProvider()
+
+    assert await RechargeService(pool, provider, FAST).run_due() == ["succeeded"]
+    assert await balance(pool) == EUR("30.00")
+    assert [status for _, status in await recharges(pool)] == ["succeeded"]
+
+
+async def test_each_time_it_is_turned_on_below_the_threshold_is_one_recharge(
+        pool: asyncpg.Pool) -> None:
+    """Declined to the end, then the customer fixes the card and turns it off and on:
+    that asks again, with a new id; while one is in flight, turning it on adds none."""
+    await make_account(pool, balance="3.00", recharge=None)
+    store = AccountStore(pool)
+    provider = SimulatedProvider("decline")
+    policy = RechargePolicy(retry_delays_s=(), answer_timeout_s=5, settle_poll_s=0.1)
+    service = RechargeService(pool, provider, policy)
+    await store.set_auto_recharge("acct-1", amount=EUR("20.00"), below=EUR("5.00"))
+    assert await service.run_due() == ["failed"]
+
+    await store.set_auto_recharge("acct-1", amount=None, below=None)
+    await store.set_auto_recharge("acct-1", amount=EUR("20.00"), below=EUR("5.00"))
+    await store.set_auto_recharge("acct-1", amount=None, below=None)
+    await store.set_auto_recharge("acct-1", amount=EUR("25.00"), below=EUR("5.00"))
+    [(first, failed), (second, requested)] = await recharges(pool)
+    assert (failed, requested) == ("failed", "requested") and first != second
+    provider.set_behaviour("succeed")
+    assert await service.run_due() == ["succeeded"]
+    assert await balance(pool) == EUR("28.00")  # the amount configured last
+    assert await ledger_explains_balances(pool) == []
+
+
+async def test_turning_auto_recharge_on_above_the_threshold_charges_nothing(
+        pool: asyncpg.Pool) -> None:
+    await make_account(pool, balance="10.00", recharge=None)
+    await AccountStore(pool).set_auto_recharge("acct-1", amount=EUR("20.00"),
+                                               below=EUR("5.00"))
+    assert await recharges(pool) == []
+    assert await RechargeService(pool, SimulatedProvider(), FAST).run_due() == []
+
+
 async def test_a_decline_announces_failure_and_retries_later_not_at_once(
         pool: asyncpg.Pool) -> None:
     await make_account(pool)
