@@ -18,7 +18,11 @@ directory) and broker, migrates, creates the accounts on the sample plan
        published with librdkafka's default linger): from each event's
        ``time`` (stamped when it is sent) to the end of the Kafka offset commit of
        its batch, which follows the debit transaction's commit (so stricter than the
-       database commit alone);
+       database commit alone). It starts right after a CHECKPOINT, so that its WAL
+       goes to recycled segment files as on a server in service, not to new ones that
+       a freshly created cluster zero-fills (16 MB written and fsynced each, which
+       stalls the commits waiting behind it); the segments it still creates are
+       counted;
   (d0) the same load for as long, read by a bare aiokafka consumer (no database, a
        fresh broker too): the latency floor of the broker and client alone, to tell
        it from the engine's share;
@@ -381,6 +385,7 @@ class Results:
     server: str = ""
     cpu: dict[str, float] = field(default_factory=dict)
     fetch_latency: dict[str, float] = field(default_factory=dict)
+    wal_segments_created: int = 0
 
 
 def account_ids(count: int) -> list[str]:
@@ -521,6 +526,17 @@ async def measure_naive(pool: asyncpg.Pool, batch: list[RatedUsage]) -> float:
         return len(batch) / (time.perf_counter() - started)
 
 
+async def wal_segments_created(pool: asyncpg.Pool) -> int:
+    """WAL segment files this server has created (PostgreSQL 18's pg_stat_io)."""
+    # Statistics are flushed by each backend at most once a second.
+    await asyncio.sleep(1.1)
+    await pool.execute("SELECT pg_stat_force_next_flush()")
+    created = await pool.fetchval(
+        "SELECT coalesce(sum(writes), 0) FROM pg_stat_io"
+        " WHERE object = 'wal' AND context = 'init'")
+    return int(created)
+
+
 async def ledger_count(pool: asyncpg.Pool, source: str) -> int:
     return int(await pool.fetchval("SELECT count(*) FROM ledger WHERE event_source = $1",
                                    source))
@@ -618,9 +634,16 @@ async def run(args: argparse.Namespace, work: Path) -> Results:
                 results.fetch_latency = await measure_fetch_latency(args, accounts, tariffs,
                                                                     fresh.bootstrap)
             say(f"(d) latency at {args.rate:,.0f} events/s for {args.seconds:.0f} s")
+            # A server in service writes its WAL into segment files recycled at each
+            # checkpoint; a cluster created minutes ago has none and creates each one
+            # (zero-filled, fsynced) as it goes, stalling the commits behind it. The
+            # phases before wrote enough WAL for a checkpoint to recycle.
+            await pool.execute("CHECKPOINT")
+            created_before = await wal_segments_created(pool)
             async with EmbeddedBroker(work / "broker-d") as fresh:
                 results.latency, results.offered = await measure_latency(
                     args, accounts, tariffs, dsn, fresh.bootstrap, work)
+            results.wal_segments_created = await wal_segments_created(pool) - created_before
             in_ledger = await ledger_count(pool, SOURCE_LATENCY)
             if in_ledger != results.latency["latency_n"]:
                 raise RuntimeError(f"latency run: {in_ledger} events in the ledger, "
@@ -738,6 +761,8 @@ def report(args: argparse.Namespace, r: Results) -> None:
         ("       of which in the engine (fetch returned -> offset committed), p50",
          f"{r.latency['held_p50'] * 1000:>11.1f} ms"),
         ("       of which in the engine, p99", f"{r.latency['held_p99'] * 1000:>11.1f} ms"),
+        ("       WAL segment files created during the run",
+         f"{r.wal_segments_created:>11,}"),
         ("(d0) same load, bare aiokafka consumer (no database), p50",
          f"{r.fetch_latency['p50'] * 1000:>11.1f} ms"),
         (f"       p99 ({r.fetch_latency['n']:,} events)",
