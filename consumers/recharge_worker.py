@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from consumers import metrics
 from consumers.kafka_batches import Record, commit_past, poll_records
@@ -35,6 +35,12 @@ RECHARGE_OUTCOMES = Counter(
     ["outcome"])
 TOPUPS_SETTLED = Counter(
     "rating_topups_settled_total", "One-time top-ups settled after being left pending.")
+RECHARGES_IN_FLIGHT = Gauge(
+    "rating_recharges_in_flight",
+    "Automatic recharges not settled yet (all accounts), by status.", ["status"])
+RECHARGE_OLDEST_IN_FLIGHT = Gauge(
+    "rating_recharge_oldest_in_flight_seconds",
+    "Age of the oldest automatic recharge not settled yet; 0 when there is none.")
 BALANCE_EVENTS_SKIPPED = Counter(
     "rating_recharge_events_skipped_total",
     "Messages on the balance topic the recharge worker could not decode.")
@@ -136,6 +142,7 @@ class RechargeWorker:
             ("recharge retries", self._run_due),
             ("recharge settlement", self._settle_recharges),
             ("top-up settlement", self._settle_topups),
+            ("recharges in flight", self._report_in_flight),
         )
         for what, step in steps:
             try:
@@ -158,6 +165,12 @@ class RechargeWorker:
 
     async def _settle_topups(self) -> None:
         TOPUPS_SETTLED.inc(await self.topups.settle_pending())
+
+    async def _report_in_flight(self) -> None:
+        in_flight = await self.recharges.in_flight()
+        for status in ("requested", "charging", "pending"):
+            RECHARGES_IN_FLIGHT.labels(status).set(in_flight.get(status, (0, 0.0))[0])
+        RECHARGE_OLDEST_IN_FLIGHT.set(max((age for _, age in in_flight.values()), default=0.0))
 
     async def _poll(self) -> list[Record]:
         return await poll_records(self._consumer, 100)

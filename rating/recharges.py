@@ -118,6 +118,19 @@ class RechargeService:
                 return "in_flight"
         return await self._attempt(recharge_id)
 
+    async def in_flight(self) -> dict[str, tuple[int, float]]:
+        """Recharges not settled yet, by status: (how many, age of the oldest in seconds).
+
+        Each blocks a new recharge for its account until it settles, so one that stays
+        in flight for hours (a payment the provider never settles) is worth an alert.
+        """
+        rows = await self._pool.fetch(
+            "SELECT status, count(*) AS n,"
+            " extract(epoch FROM now() - min(created_at))::float8 AS oldest_s"
+            " FROM recharges WHERE status IN ('requested', 'charging', 'pending')"
+            " GROUP BY status")
+        return {r["status"]: (r["n"], max(0.0, r["oldest_s"])) for r in rows}
+
     async def run_due(self) -> list[RechargeOutcome]:
         """Send the attempts that are due: retries after a decline, unanswered charges."""
         return await self._run(("requested", "charging"))

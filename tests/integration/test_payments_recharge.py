@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 
 from consumers.account_commands import cmd_topup
 from consumers.outbox_relay import OutboxRelay
@@ -476,3 +477,35 @@ async def test_cli_topup_charges_through_the_provider(settings: Settings,
         await cmd_topup(settings, io.StringIO(), "acct-1", "1.00", "cli-2", provider)
     assert len(provider.captured()) == 1
     assert await balance(pool) == EUR("12.50")
+
+
+async def test_recharges_in_flight_are_reported_until_they_settle(
+        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
+    """A recharge in flight blocks the next one for its account: SRE sees how many there
+    are and how old the oldest is (rating_recharge_oldest_in_flight_seconds)."""
+    await make_account(pool)
+    await debit(pool, "acct-1", "6.00")
+    provider = SimulatedProvider("delay:1.0")  # the card payment lands later
+
+    def sample(name: str, status: str | None = None) -> float | None:
+        labels = {} if status is None else {"status": status}
+        return REGISTRY.get_sample_value(name, labels)
+
+    async with RechargeWorker(settings, kafka_bootstrap, pool, provider, policy=FAST) as worker:
+        await worker.tick()
+        assert sample("rating_recharges_in_flight", "pending") == 0
+        assert sample("rating_recharge_oldest_in_flight_seconds") == 0
+        crossing = (await crossings(pool))[0]
+        assert await worker.recharges.on_balance_low("acct-1", crossing) == "pending"
+        await asyncio.sleep(0.3)
+        await worker.tick()
+        assert sample("rating_recharges_in_flight", "pending") == 1
+        assert sample("rating_recharges_in_flight", "requested") == 0
+        oldest = sample("rating_recharge_oldest_in_flight_seconds")
+        assert oldest is not None and 0.3 <= oldest < 60
+
+        await asyncio.sleep(1.0)
+        await worker.tick()  # the payment has landed: settled, credited, nothing in flight
+        assert await balance(pool) == EUR("24.00")
+        assert sample("rating_recharges_in_flight", "pending") == 0
+        assert sample("rating_recharge_oldest_in_flight_seconds") == 0
