@@ -2,32 +2,38 @@
 
 JSON in and out; money as decimal strings. Reads are open; every write needs
 ``Authorization: Bearer <RATING_API_TOKEN>`` and is refused when no token is set.
-Errors are ``{"error": {"code", "message"}}`` with a 4xx/5xx status.
+Errors are ``{"error": {"code", "message"}}`` with a 4xx/5xx status (consumers/http_json.py).
 """
 
 from __future__ import annotations
 
 import hmac
-import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from consumers.http_json import (
+    ApiError,
+    amount_field,
+    errors_as_json,
+    field,
+    int_query,
+    json_body,
+    json_response,
+    since_query,
+)
 from rating.accounts import (
     Account,
     AccountStore,
-    IdempotencyConflict,
     LedgerEntry,
     account_json,
 )
-from rating.errors import NoRate, RatingError, TransientError, UnknownAccount, UnknownPlan
-from rating.money import format_amount, parse_amount
-from rating.payments import PaymentDeclined
+from rating.errors import NoRate, UnknownPlan
+from rating.money import format_amount
 from rating.pricing import TimedRate, seconds_covered
 from rating.rate import call_rate_for
 from rating.recharges import TopupService
@@ -35,121 +41,12 @@ from rating.settings import Settings
 from rating.tariff import TariffBook
 from rating.tariff_store import TariffStore
 
-log = logging.getLogger(__name__)
-
 Readiness = Callable[[], Awaitable[dict[str, bool]]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Beside the package in a source checkout; in the working directory in the image.
 OPENAPI_CANDIDATES = (Path(__file__).resolve().parent.parent / "schemas" / "openapi.json",
                       Path("schemas") / "openapi.json")
 SERVICES = ("call", "tollfree", "sms", "stt")
 _E164 = re.compile(r"\+[0-9]{6,15}", re.ASCII)
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def json_response(body: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return json_response({"error": {"code": code, "message": message}}, status)
-
-
-def _status_of(exc: RatingError) -> int:
-    if isinstance(exc, UnknownAccount):
-        return 404
-    if isinstance(exc, IdempotencyConflict):
-        return 409
-    if isinstance(exc, PaymentDeclined):
-        return 402
-    if isinstance(exc, TransientError):
-        return 503
-    return 422
-
-
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        response = error_response(exc.status, exc.code, exc.message)
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
-    except web.HTTPException as exc:  # routing and body-size errors raised by aiohttp
-        if exc.status < 400:
-            raise
-        response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"),
-                                  exc.reason)
-        if "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
-    except RatingError as exc:
-        return error_response(_status_of(exc), exc.code, exc.message)
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal error")
-
-
-# --- decoding request input ------------------------------------------------------------
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "request body must be a JSON object")
-    return body
-
-
-def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise ApiError(400, "missing_field", f"{name}: required")
-        return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ApiError(400, "invalid_field", f"{name}: expected {kind.__name__}")
-    return value
-
-
-def amount_field(body: dict[str, Any], name: str) -> int:
-    text = field(body, name, str)
-    try:
-        return parse_amount(text)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_amount", f"{name}: {exc}") from None
-
-
-def _int_query(request: web.Request, name: str, default: int | None, low: int,
-               high: int) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise ApiError(400, "invalid_query", f"{name}: expected an integer {low}..{high}")
-    return int(raw)
-
-
-def _since(request: web.Request) -> datetime | None:
-    raw = request.query.get("since")
-    if not raw:
-        return None
-    try:
-        when = datetime.fromisoformat(raw.replace(" ", "+"))
-    except ValueError:
-        raise ApiError(400, "invalid_query", "since: expected an RFC 3339 time") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -325,8 +222,8 @@ class HttpApi:
 
     async def ledger(self, request: web.Request) -> web.Response:
         account_id = request.match_info["account_id"]
-        limit = _int_query(request, "limit", 50, 1, 500) or 50
-        before = _int_query(request, "before", None, 1, 2**63 - 1)
+        limit = int_query(request, "limit", 50, 1, 500) or 50
+        before = int_query(request, "before", None, 1, 2**63 - 1)
         await self._store.get(account_id)
         entries = await self._store.recent_ledger(account_id, limit, before)
         return json_response({
@@ -335,7 +232,7 @@ class HttpApi:
 
     async def usage(self, request: web.Request) -> web.Response:
         account_id = request.match_info["account_id"]
-        since = _since(request)
+        since = since_query(request)
         account = await self._store.get(account_id)
         totals = await self._store.usage_by_service(account_id, since)
         services = {}
