@@ -63,8 +63,8 @@ async def test_a_revoked_members_written_but_uncommitted_batch_is_not_debited_tw
             records += await first._poll()
         # The debit commits, then the member loses its partitions before its offset
         # commit: exactly the window a rebalance opens.
-        prepared, _rejected = await first._prepare(records)
-        await first._write(prepared)
+        _prepared, debit, _rejected = await first._prepare(records)
+        await first._write(debit)
     finally:
         await first.close()
         await producer.stop()
