@@ -21,8 +21,9 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check rating consumers tests bench
+	$(BIN)/ruff check rating consumers api engine commands demo tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_pipeline.py

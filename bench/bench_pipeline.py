@@ -5,7 +5,7 @@ its own PostgreSQL (durable: fsync and synchronous_commit on, data in a temporar
 directory) and broker, migrates, creates the accounts on the sample plan
 ``standard`` and measures:
 
-  (a1) raw batched debit: ``rating.ledger.apply_usage`` on pre-rated batches of
+  (a1) raw batched debit: ``rating.stores.ledger.apply_usage`` on pre-rated batches of
        the engine's batch size (RATING_BATCH_MAX_EVENTS), one transaction each;
   (a2) raw Kafka fetch: an aiokafka consumer (the engine's fetch settings) reading
        the pre-published events;
@@ -73,17 +73,17 @@ import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
-from consumers.simulator import TrafficGenerator, destinations_for  # noqa: E402
 from consumers.usage_consumer import fetch_settings  # noqa: E402
-from rating.accounts import AccountStore, NewAccount  # noqa: E402
-from rating.db import create_pool  # noqa: E402
-from rating.embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
-from rating.events import decode_usage_event  # noqa: E402
-from rating.ledger import RatedUsage, apply_usage  # noqa: E402
-from rating.migrations import migrate  # noqa: E402
-from rating.rate import rate  # noqa: E402
+from demo.simulator import TrafficGenerator, destinations_for  # noqa: E402
+from engine.embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
+from rating.core.events import decode_usage_event  # noqa: E402
+from rating.core.rate import rate  # noqa: E402
 from rating.settings import Settings  # noqa: E402
-from rating.tariff_store import TariffStore  # noqa: E402
+from rating.stores.accounts import AccountStore, NewAccount  # noqa: E402
+from rating.stores.db import create_pool  # noqa: E402
+from rating.stores.ledger import RatedUsage, apply_usage  # noqa: E402
+from rating.stores.migrations import migrate  # noqa: E402
+from rating.tariffbook.book import TariffStore  # noqa: E402
 
 TARIFFS = REPO / "tariffs"
 PLAN = "standard"
@@ -181,9 +181,9 @@ class _Probe:
 
 async def _engine_child_main(config: dict[str, Any]) -> int:
     from consumers import metrics
-    from consumers.engine import kafka_producer, load_tariff_store
     from consumers.kafka_batches import Record
     from consumers.usage_consumer import UsageConsumer
+    from engine.assembly import kafka_producer, load_tariff_store
 
     # Tuning variables (RATING_BATCH_MAX_EVENTS, RATING_FETCH_MAX_WAIT_MS, ...) apply as
     # they would to the engine; the services, topics and group are the benchmark's own.
@@ -543,7 +543,7 @@ async def ledger_count(pool: asyncpg.Pool, source: str) -> int:
 
 
 async def create_topics(bootstrap: str, prefix: str) -> dict[str, str]:
-    from consumers.services import ensure_topics
+    from engine.services import ensure_topics
 
     names = {"topic": f"{prefix}.usage", "dlq_topic": f"{prefix}.usage.dlq",
              "balance_topic": f"{prefix}.balance"}

@@ -18,8 +18,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rating.errors import RatingError
-from rating.events import (
+from rating.core.errors import RatingError
+from rating.core.events import (
     CallUsage,
     SmsUsage,
     SttUsage,
@@ -27,9 +27,9 @@ from rating.events import (
     UsageEvent,
     decode_usage_event,
 )
-from rating.rate import rate
-from rating.tariff import TariffBook
-from rating.tariff_files import load_tariffs
+from rating.core.rate import rate
+from rating.core.tariff import TariffBook
+from rating.tariffbook.files import load_tariffs
 
 PREFIXES = 100_000
 EVENTS = 1_000_000

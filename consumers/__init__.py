@@ -1,1 +1,2 @@
-"""Long-running Kafka processes of the engine and the CLI that assembles them."""
+"""The long-running Kafka processes: usage consumer, outbox relay, recharge worker,
+tariff watcher, and their Kafka plumbing, retry and metrics."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import TypeAlias
@@ -11,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from consumers import metrics
+from consumers.retry import Backoff
 
 log = logging.getLogger(__name__)
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
@@ -23,7 +23,7 @@ async def poll_records(consumer: AIOKafkaConsumer, max_records: int) -> list[Rec
     except KafkaError as exc:
         metrics.TRANSIENT_ERRORS.labels("kafka").inc()
         log.warning("fetch failed (%s); retrying", exc)
-        await asyncio.sleep(0.5)
+        await Backoff(0.5, 0.5).wait()  # between half a second and a second
         return []
     return [r for partition in fetched.values() for r in partition]
 

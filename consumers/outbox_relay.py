@@ -16,8 +16,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from consumers import metrics
-from consumers.retry import transient_dependency
-from rating.outbox import cloud_event
+from consumers.retry import Backoff, sleep_unless, transient_dependency
+from rating.stores.outbox import cloud_event
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +41,21 @@ class OutboxRelay:
         self.stopping.set()
 
     async def run(self) -> None:
-        delay = self._idle_poll_s
+        backoff = Backoff(max(self._idle_poll_s, 0.01), 5.0)
         while not self.stopping.is_set():
             try:
                 sent = await self.relay_once()
-                delay = self._idle_poll_s
+                backoff.reset()
             except Exception as exc:
                 dependency = transient_dependency(exc)
                 if dependency is None:
                     raise
                 metrics.TRANSIENT_ERRORS.labels(dependency).inc()
-                log.warning("outbox relay failed (%s); retrying in %.1f s", exc, delay)
-                sent = 0
-                delay = min(delay * 2, 5.0)
+                delay = await backoff.wait(self.stopping)
+                log.warning("outbox relay failed (%s); retried after %.1f s", exc, delay)
+                continue
             if sent < self._batch:
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), delay)
-                except TimeoutError:
-                    pass
+                await sleep_unless(self.stopping, self._idle_poll_s)
 
     async def relay_once(self) -> int:
         """Publish one batch of unsent rows; return how many were sent."""

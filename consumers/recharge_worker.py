@@ -21,11 +21,12 @@ from prometheus_client import Counter, Gauge
 from consumers import metrics
 from consumers.kafka_batches import Record, commit_past, poll_records
 from consumers.retry import StoppedWhileRetrying, retry_transient, transient_dependency
-from rating.errors import InvalidEvent
-from rating.payments import PaymentProvider
-from rating.recharges import RechargeOutcome, RechargePolicy, RechargeService, TopupService
+from rating.core.errors import InvalidEvent
+from rating.core.thresholds import LOW
+from rating.payments.provider import PaymentProvider
 from rating.settings import Settings
-from rating.thresholds import LOW
+from rating.stores.recharges import RechargeOutcome, RechargePolicy, RechargeService
+from rating.stores.topups import TopupService
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from prometheus_client import Counter, Gauge
 
-from rating.tariff_store import ReloadResult, TariffStore
+from rating.tariffbook.book import ReloadResult, TariffStore
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,12 @@ from aiokafka.errors import KafkaError
 from consumers import metrics
 from consumers.kafka_batches import Record, commit_past, poll_records
 from consumers.retry import StoppedWhileRetrying, retry_transient
-from rating.errors import PermanentError, UnknownAccount
-from rating.events import UsageEvent, decode_usage_event
-from rating.ledger import (
+from rating.core.errors import PermanentError, UnknownAccount
+from rating.core.events import UsageEvent, decode_usage_event
+from rating.core.rate import rate
+from rating.core.tariff import TariffBook
+from rating.settings import Settings
+from rating.stores.ledger import (
     AccountInfo,
     BatchResult,
     DebitBatch,
@@ -41,10 +44,7 @@ from rating.ledger import (
     debit_rows,
     lookup_accounts,
 )
-from rating.rate import rate
-from rating.settings import Settings
-from rating.tariff import TariffBook
-from rating.tariff_store import TariffStore
+from rating.tariffbook.book import TariffStore
 
 log = logging.getLogger(__name__)
 

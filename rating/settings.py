@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from rating.rate import MAX_BATCH_EVENTS
+from rating.core.rate import MAX_BATCH_EVENTS
 
 T = TypeVar("T")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from rating.embedded import EmbeddedBroker, EmbeddedPostgres
-from rating.migrations import migrate
+from engine.embedded import EmbeddedBroker, EmbeddedPostgres
 from rating.settings import Settings
+from rating.stores.migrations import migrate
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "rating_test_template"
@@ -104,7 +104,7 @@ def settings(database_url: str, kafka_bootstrap: str, tmp_path: Path) -> Setting
         database_url=database_url,
         kafka_bootstrap=tuple(kafka_bootstrap.split(",")),
         data_dir=tmp_path / "data",
-        tariffs_dir=REPO / "tariffs",
+        tariffs_dir=REPO / "tests" / "fixtures" / "tariffs",
         metrics_port=0,
         http_port=0,
         usage_topic=f"usage.events.{uid}",

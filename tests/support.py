@@ -15,10 +15,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka import Producer
 
-from consumers.services import ensure_topics
 from consumers.usage_consumer import UsageConsumer
+from engine.services import ensure_topics
 from rating.settings import Settings
-from rating.tariff_store import TariffStore
+from rating.tariffbook.book import TariffStore
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from consumers.account_commands import CommandError, cmd_import, cmd_topup
+from commands.accounts import cmd_import, cmd_topup
+from rating.core.errors import CommandError
 from rating.settings import Settings
 
 

@@ -15,17 +15,18 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from consumers.http_api import OPENAPI_CANDIDATES, HttpApi
-from rating.accounts import AccountStore, NewAccount
-from rating.events import Service
-from rating.ledger import RatedUsage, apply_usage
-from rating.money import parse_amount
-from rating.payments import SimulatedProvider
-from rating.pricing import Increment, TimedRate, cost, seconds_covered
-from rating.rate import Charge
-from rating.recharges import RechargePolicy, TopupService
+from api.accounts import OPENAPI_CANDIDATES, HttpApi
+from rating.core.events import Service
+from rating.core.money import parse_amount
+from rating.core.pricing import Increment, TimedRate, cost, seconds_covered
+from rating.core.rate import Charge
+from rating.payments.simulated import SimulatedProvider
 from rating.settings import Settings
-from rating.tariff_store import TariffStore
+from rating.stores.accounts import AccountStore, NewAccount
+from rating.stores.ledger import RatedUsage, apply_usage
+from rating.stores.recharges import RechargePolicy
+from rating.stores.topups import TopupService
+from rating.tariffbook.book import TariffStore
 from tests.support import write_flat_tariffs
 
 TOKEN = "s3cret-token"

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta, timezone
 import asyncpg
 import pytest
 
-from rating.accounts import AccountStore, NewAccount
-from rating.events import MAX_KEY_LENGTH
-from rating.ledger import CROSSINGS_SQL, RatedUsage, apply_usage
-from rating.outbox import BalanceChange, crossing_events
-from rating.rate import Charge
-from rating.thresholds import balance_crossings
+from rating.core.events import MAX_KEY_LENGTH
+from rating.core.rate import Charge
+from rating.core.thresholds import balance_crossings
+from rating.stores.accounts import AccountStore, NewAccount
+from rating.stores.ledger import CROSSINGS_SQL, RatedUsage, apply_usage
+from rating.stores.outbox import BalanceChange, crossing_events
 from tests.support import ledger_explains_balances
 
 OPENING = 1_000 * 1_000_000
@@ -164,7 +164,7 @@ async def test_writers_of_overlapping_accounts_in_opposite_orders_never_deadlock
 
 async def test_the_debit_statement_announces_crossings_as_the_threshold_rule_does(
         pool: asyncpg.Pool) -> None:
-    # The statement writes the outbox rows itself, with CROSSINGS_SQL; rating.thresholds
+    # The statement writes the outbox rows itself, with CROSSINGS_SQL; rating.core.thresholds
     # is the rule. Every ordering of before, after and threshold around zero, and
     # equalities, is covered by small values.
     values = range(-3, 4)
@@ -182,7 +182,7 @@ async def test_the_debit_statement_announces_crossings_as_the_threshold_rule_doe
 
 async def test_the_outbox_rows_of_a_debit_are_those_crossing_events_makes(
         pool: asyncpg.Pool) -> None:
-    # Top-ups write their balance events with rating.outbox.crossing_events; the debit
+    # Top-ups write their balance events with rating.stores.outbox.crossing_events; the debit
     # statement writes its own. Same ids (account:version:type), values and order.
     await AccountStore(pool).create(NewAccount("acct-x", "standard", "EUR", balance=3_000,
                                                low_balance_threshold=2_500))

@@ -11,9 +11,9 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from rating.accounts import AccountStore, NewAccount
-from rating.money import parse_amount
+from rating.core.money import parse_amount
 from rating.settings import Settings
+from rating.stores.accounts import AccountStore, NewAccount
 from tests.support import (
     TcpProxy,
     create_topics,

@@ -16,17 +16,19 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
-from consumers.account_commands import cmd_topup
+from commands.accounts import cmd_topup
 from consumers.outbox_relay import OutboxRelay
 from consumers.recharge_worker import RechargeWorker, decode_balance_low
-from rating.accounts import AccountStore, IdempotencyConflict, NewAccount
-from rating.errors import InvalidEvent
-from rating.ledger import RatedUsage, apply_usage
-from rating.money import parse_amount
-from rating.payments import ChargeRequest, PaymentDeclined, SimulatedProvider
-from rating.rate import Charge
-from rating.recharges import RechargePolicy, RechargeService, TopupService
+from rating.core.errors import IdempotencyConflict, InvalidEvent, PaymentDeclined
+from rating.core.money import parse_amount
+from rating.core.rate import Charge
+from rating.payments.provider import ChargeRequest
+from rating.payments.simulated import SimulatedProvider
 from rating.settings import Settings
+from rating.stores.accounts import AccountStore, NewAccount
+from rating.stores.ledger import RatedUsage, apply_usage
+from rating.stores.recharges import RechargePolicy, RechargeService
+from rating.stores.topups import TopupService
 from tests.support import create_topics, ledger_explains_balances, wait_until
 
 EUR = parse_amount

@@ -13,9 +13,9 @@ from jsonschema import Draft202012Validator
 from prometheus_client import REGISTRY
 
 from consumers.outbox_relay import OutboxRelay
-from rating.accounts import AccountStore, NewAccount
-from rating.money import parse_amount
+from rating.core.money import parse_amount
 from rating.settings import Settings
+from rating.stores.accounts import AccountStore, NewAccount
 from tests.support import (
     REPO,
     create_topics,

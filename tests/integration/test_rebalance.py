@@ -9,10 +9,10 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from consumers.usage_consumer import UsageConsumer
-from rating.accounts import AccountStore, NewAccount
-from rating.money import parse_amount
+from rating.core.money import parse_amount
 from rating.settings import Settings
-from rating.tariff_store import TariffStore
+from rating.stores.accounts import AccountStore, NewAccount
+from rating.tariffbook.book import TariffStore
 from tests.support import (
     create_topics,
     ledger_explains_balances,

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from rating.accounts import AccountStore, NewAccount
-from rating.migrations import available_migrations, migrate
+from rating.stores.accounts import AccountStore, NewAccount
+from rating.stores.migrations import available_migrations, migrate
 
 
 @pytest.fixture

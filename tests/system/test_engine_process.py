@@ -17,13 +17,13 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rating.accounts import AccountStore, NewAccount
-from rating.embedded import free_port
-from rating.events import decode_usage_event
-from rating.money import parse_amount
-from rating.rate import rate
+from engine.embedded import free_port
+from rating.core.events import decode_usage_event
+from rating.core.money import parse_amount
+from rating.core.rate import rate
 from rating.settings import Settings
-from rating.tariff_files import load_tariffs
+from rating.stores.accounts import AccountStore, NewAccount
+from rating.tariffbook.files import load_tariffs
 from tests.support import (
     REPO,
     create_topics,
@@ -35,7 +35,7 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.system
-ENGINE = [sys.executable, "-m", "consumers.cli"]
+ENGINE = [sys.executable, "-m", "commands.main"]
 DESTINATIONS = ["+442071234567", "+33142685300", "+4930123456", "+12025550123"]
 
 

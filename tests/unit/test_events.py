@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from rating.errors import InvalidEvent
-from rating.events import CallUsage, SmsUsage, SttUsage, TollFreeUsage, decode_usage_event
+from rating.core.errors import InvalidEvent
+from rating.core.events import CallUsage, SmsUsage, SttUsage, TollFreeUsage, decode_usage_event
 
 
 def event(type_: str = "usage.call", **data: Any) -> dict[str, Any]:

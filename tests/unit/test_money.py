@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rating.money import MICRO, format_amount, parse_amount, round_half_up_div
+from rating.core.money import MICRO, format_amount, parse_amount, round_half_up_div
 
 
 @pytest.mark.parametrize(

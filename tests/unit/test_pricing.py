@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rating.pricing import (
+from rating.core.pricing import (
     UNLIMITED_SECONDS,
     Increment,
     TimedRate,

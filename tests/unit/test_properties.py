@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rating.money import format_amount, parse_amount, round_half_up_div
-from rating.pricing import Increment, TimedRate, charge, cost, seconds_covered
-from rating.segments import count_segments
+from rating.core.money import format_amount, parse_amount, round_half_up_div
+from rating.core.pricing import Increment, TimedRate, charge, cost, seconds_covered
+from rating.core.segments import count_segments
 
 rates = st.builds(
     TimedRate,

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from rating.errors import ChargeTooLarge, NoRate, UnknownPlan
-from rating.events import CallUsage, SmsUsage, SttUsage, TollFreeUsage, UsageEvent
-from rating.pricing import Increment, TimedRate, cost
-from rating.rate import MAX_CHARGE, Charge, call_rate_for, rate
-from rating.tariff import CallDeck, PlanVersion, SmsDeck, TariffBook, TollFreeDeck
+from rating.core.errors import ChargeTooLarge, NoRate, UnknownPlan
+from rating.core.events import CallUsage, SmsUsage, SttUsage, TollFreeUsage, UsageEvent
+from rating.core.pricing import Increment, TimedRate, cost
+from rating.core.rate import MAX_CHARGE, Charge, call_rate_for, rate
+from rating.core.tariff import CallDeck, PlanVersion, SmsDeck, TariffBook, TollFreeDeck
 
 PER_MINUTE = Increment(60, 60)
 FR = TimedRate(10_000, 0, PER_MINUTE)

@@ -11,8 +11,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from rating.errors import InvalidEvent
-from rating.events import decode_usage_event
+from rating.core.errors import InvalidEvent
+from rating.core.events import decode_usage_event
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 USAGE = ["usage.call", "usage.tollfree", "usage.sms", "usage.stt"]

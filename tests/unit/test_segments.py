@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rating.segments import count_segments
+from rating.core.segments import count_segments
 
 CYR = "ж"  # outside GSM-7: forces UCS-2
 EMOJI = "😀"  # a surrogate pair: two UTF-16 units

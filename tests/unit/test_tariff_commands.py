@@ -8,9 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumers.tariff_commands import rate_command, validate_command
+from commands.tariffs import rate_command, validate_command
 
 SHIPPED = Path(__file__).resolve().parents[2] / "tariffs"
+DECK = Path(__file__).resolve().parents[1] / "fixtures" / "tariffs"  # the tests' own prices
 
 
 def event(type_: str, data: dict[str, object], id_: str = "e-1", **extra: object) -> bytes:
@@ -59,7 +60,7 @@ def test_validate_missing_dir(tmp_path: Path) -> None:
 
 def run_rate(lines: list[bytes], plan: str = "standard") -> tuple[int, list[dict[str, object]]]:
     out = io.StringIO()
-    code = rate_command(SHIPPED, plan, io.BytesIO(b"\n".join(lines) + b"\n"), out)
+    code = rate_command(DECK, plan, io.BytesIO(b"\n".join(lines) + b"\n"), out)
     return code, [orjson.loads(line) for line in out.getvalue().splitlines()]
 
 
@@ -144,7 +145,7 @@ def test_rate_command_unknown_plan_is_per_line() -> None:
 def test_rate_command_reads_text_streams() -> None:
     out = io.StringIO()
     line = event("usage.stt", {"job_id": "j", "seconds": 60}).decode()
-    assert rate_command(SHIPPED, "us-business", io.StringIO(line + "\n"), out) == 0
+    assert rate_command(DECK, "us-business", io.StringIO(line + "\n"), out) == 0
     assert orjson.loads(out.getvalue())["currency"] == "USD"
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rating.errors import TariffError
-from rating.pricing import Increment, TimedRate
-from rating.tariff_files import load_tariffs, validate_tariffs
+from rating.core.errors import TariffError
+from rating.core.pricing import Increment, TimedRate
+from rating.tariffbook.files import load_tariffs, validate_tariffs
 
 SHIPPED = Path(__file__).resolve().parents[2] / "tariffs"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rating.errors import TariffError
-from rating.tariff_store import TariffStore, fingerprint
+from rating.core.errors import TariffError
+from rating.tariffbook.book import TariffStore, fingerprint
 
 PLAN = """\
 [plan]

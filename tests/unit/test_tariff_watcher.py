@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from consumers.tariff_watcher import TariffWatcher
-from rating.tariff_store import TariffStore
+from rating.tariffbook.book import TariffStore
 
 PLAN = """\
 [plan]

@@ -1,0 +1,256 @@
+"""The account API (aiohttp): balances, ledger, usage, top-ups, settings, authorization.
+
+JSON in and out; money as decimal strings. Reads are open; every write needs
+``Authorization: Bearer <RATING_API_TOKEN>`` and is refused when no token is set.
+Errors are ``{"error": {"code", "message"}}`` with a 4xx/5xx status (api/http_json.py).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from api.http_json import (
+    amount_field,
+    errors_as_json,
+    field,
+    int_query,
+    json_body,
+    json_response,
+    since_query,
+)
+from rating.core.errors import ApiError
+from rating.core.money import format_amount
+from rating.core.quote import authorize
+from rating.core.tariff import SERVICES
+from rating.settings import Settings
+from rating.stores.accounts import (
+    AccountStore,
+    LedgerEntry,
+    account_json,
+)
+from rating.stores.topups import TopupService
+from rating.tariffbook.book import TariffStore
+
+Readiness = Callable[[], Awaitable[dict[str, bool]]]
+# Beside the package in a source checkout; in the working directory in the image.
+OPENAPI_CANDIDATES = (Path(__file__).resolve().parent.parent / "schemas" / "openapi.json",
+                      Path("schemas") / "openapi.json")
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat().replace("+00:00", "Z")
+
+
+def entry_json(e: LedgerEntry) -> dict[str, object]:
+    return {"entry_id": e.entry_id, "kind": e.kind, "service": e.service,
+            "source": e.event_source, "event_id": e.event_id,
+            "amount": format_amount(e.amount), "accrued": format_amount(e.accrued),
+            "currency": e.currency.strip(), "country": e.country, "reason": e.reason,
+            "event_time": _iso(e.event_time), "recorded_at": _iso(e.recorded_at)}
+
+
+# --- the application -------------------------------------------------------------------
+
+class HttpApi:
+    """The account API server; ``start()`` binds ``settings.http_host:http_port``."""
+
+    def __init__(self, *, store: AccountStore, tariffs: TariffStore, topups: TopupService,
+                 settings: Settings, readiness: Readiness) -> None:
+        self._store = store
+        self._tariffs = tariffs
+        self._topups = topups
+        self._settings = settings
+        self._readiness = readiness
+        self._runner: web.AppRunner | None = None
+        self._closed = False
+        self.port: int | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[errors_as_json], client_max_size=64 * 1024)
+        account = "/v1/accounts/{account_id}"
+        app.router.add_get("/healthz", self.healthz, allow_head=False)
+        app.router.add_get("/readyz", self.readyz, allow_head=False)
+        app.router.add_get("/openapi.json", self.openapi, allow_head=False)
+        app.router.add_get(account, self.get_account, allow_head=False)
+        app.router.add_get(f"{account}/ledger", self.ledger, allow_head=False)
+        app.router.add_get(f"{account}/usage", self.usage, allow_head=False)
+        app.router.add_get(f"{account}/authorize", self.authorize, allow_head=False)
+        app.router.add_post(f"{account}/topups", self.topup)
+        app.router.add_put(f"{account}/auto-recharge", self.auto_recharge)
+        app.router.add_put(f"{account}/stt-billing", self.stt_billing)
+        app.router.add_post(f"{account}/adjustments", self.adjust)
+        return app
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("HTTP API is closed")
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._settings.http_host, self._settings.http_port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> HttpApi:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    def _require_token(self, request: web.Request) -> None:
+        token = self._settings.api_token
+        if token is None:
+            raise ApiError(401, "unauthorized",
+                           "writes are disabled: RATING_API_TOKEN is not set")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise ApiError(401, "unauthorized", "missing bearer token")
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise ApiError(401, "unauthorized", "invalid bearer token")
+
+    # --- probes and documents ---
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        try:
+            checks = await self._readiness()
+        except Exception as exc:
+            return json_response({"ready": False, "checks": {}, "error": str(exc)}, 503)
+        ready = bool(checks) and all(checks.values())
+        return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    async def openapi(self, _request: web.Request) -> web.Response:
+        for path in OPENAPI_CANDIDATES:
+            try:
+                body = path.read_bytes()
+            except OSError:
+                continue
+            return web.Response(body=body, content_type="application/json")
+        raise ApiError(404, "not_found", "openapi.json is not installed")
+
+    # --- reads ---
+
+    async def get_account(self, request: web.Request) -> web.Response:
+        return json_response(account_json(await self._store.get(request.match_info["account_id"])))
+
+    async def ledger(self, request: web.Request) -> web.Response:
+        account_id = request.match_info["account_id"]
+        limit = int_query(request, "limit", 50, 1, 500) or 50
+        before = int_query(request, "before", None, 1, 2**63 - 1)
+        await self._store.get(account_id)
+        entries = await self._store.recent_ledger(account_id, limit, before)
+        return json_response({
+            "account_id": account_id, "entries": [entry_json(e) for e in entries],
+            "next_before": entries[-1].entry_id if len(entries) == limit else None})
+
+    async def usage(self, request: web.Request) -> web.Response:
+        account_id = request.match_info["account_id"]
+        since = since_query(request)
+        account = await self._store.get(account_id)
+        totals = await self._store.usage_by_service(account_id, since)
+        services = {}
+        for service in SERVICES:
+            debited, accrued, events = totals.get(service, (0, 0, 0))
+            services[service] = {"debited": format_amount(debited),
+                                 "accrued": format_amount(accrued), "events": events}
+        return json_response({"account_id": account_id, "currency": account.currency,
+                              "since": _iso(since), "services": services})
+
+    async def authorize(self, request: web.Request) -> web.Response:
+        account = await self._store.get(request.match_info["account_id"])
+        try:
+            decision = authorize(account, self._tariffs.book, dict(request.query))
+        except ValueError as exc:
+            raise ApiError(400, "invalid_query", str(exc)) from None
+        return json_response(decision)
+
+    # --- writes ---
+
+    async def topup(self, request: web.Request) -> web.Response:
+        self._require_token(request)
+        body = await json_body(request)
+        amount = amount_field(body, "amount")
+        key = self._idempotency_key(request, body)
+        if amount <= 0:
+            raise ApiError(422, "invalid_amount", "amount: must be greater than zero")
+        result = await self._topups.topup(request.match_info["account_id"], amount, key)
+        status = 202 if result.status == "pending" else 201 if result.credited else 200
+        return json_response({"status": result.status, "credited": result.credited,
+                              "replay": result.replay, "payment_id": result.payment_id,
+                              "amount": format_amount(amount),
+                              "account": account_json(result.account)}, status)
+
+    async def auto_recharge(self, request: web.Request) -> web.Response:
+        self._require_token(request)
+        body = await json_body(request)
+        account_id = request.match_info["account_id"]
+        if not field(body, "enabled", bool):
+            account = await self._store.set_auto_recharge(account_id, amount=None, below=None)
+            return json_response(account_json(account))
+        amount, below = amount_field(body, "amount"), amount_field(body, "below")
+        if amount <= 0:
+            raise ApiError(422, "invalid_amount", "amount: must be greater than zero")
+        if below < 0:
+            raise ApiError(422, "invalid_amount", "below: must not be negative")
+        account = await self._store.set_auto_recharge(account_id, amount=amount, below=below)
+        return json_response(account_json(account))
+
+    async def stt_billing(self, request: web.Request) -> web.Response:
+        self._require_token(request)
+        mode = field(await json_body(request), "mode", str)
+        if mode not in ("credit", "invoice"):
+            raise ApiError(422, "invalid_mode", "mode: expected 'credit' or 'invoice'")
+        account = await self._store.set_stt_billing(request.match_info["account_id"], mode)
+        return json_response(account_json(account))
+
+    async def adjust(self, request: web.Request) -> web.Response:
+        self._require_token(request)
+        body = await json_body(request)
+        amount = amount_field(body, "amount")
+        reason = field(body, "reason", str).strip()
+        key = self._idempotency_key(request, body)
+        if amount == 0 or not reason:
+            raise ApiError(422, "invalid_adjustment",
+                           "an adjustment needs a non-zero amount and a reason")
+        account_id = request.match_info["account_id"]
+        result = await self._store.credit(account_id, kind="adjustment", source="adjustment",
+                                          key=f"{account_id}/{key}", amount=amount,
+                                          reason=reason)
+        return json_response({"applied": result.applied, "entry_id": result.entry_id,
+                              "account": account_json(result.account)},
+                             201 if result.applied else 200)
+
+    @staticmethod
+    def _idempotency_key(request: web.Request, body: dict[str, Any]) -> str:
+        in_body = field(body, "idempotency_key", str, required=False)
+        in_header = request.headers.get("Idempotency-Key")
+        if in_body is not None and in_header is not None and in_body != in_header:
+            raise ApiError(400, "invalid_field",
+                           "idempotency_key and the Idempotency-Key header differ")
+        key = in_body if in_body is not None else in_header
+        if not key or len(key) > 255:
+            raise ApiError(400, "missing_field",
+                           "idempotency_key (or an Idempotency-Key header) of 1-255"
+                           " characters is required")
+        return key
+

@@ -1,0 +1,118 @@
+"""JSON over HTTP for the account API: error bodies, request bodies and query values.
+
+Every error leaves as ``{"error": {"code", "message"}}`` with a 4xx/5xx status, whatever
+raised it (an ``ApiError``, aiohttp's routing, a ``RatingError``, or a bug).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from rating.core.errors import ApiError, RatingError, RequestError, TransientError, UnknownAccount
+from rating.core.money import parse_amount
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return json_response({"error": {"code": code, "message": message}}, status)
+
+
+def _status_of(exc: RatingError) -> int:
+    if isinstance(exc, UnknownAccount):
+        return 404
+    if isinstance(exc, RequestError):
+        return exc.status
+    if isinstance(exc, TransientError):
+        return 503
+    return 422
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.code, exc.message)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    except web.HTTPException as exc:  # routing and body-size errors raised by aiohttp
+        if exc.status < 400:
+            raise
+        response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"),
+                                  exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except RatingError as exc:
+        return error_response(_status_of(exc), exc.code, exc.message)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error")
+
+
+# --- decoding request input ------------------------------------------------------------
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise ApiError(400, "missing_field", f"{name}: required")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ApiError(400, "invalid_field", f"{name}: expected {kind.__name__}")
+    return value
+
+
+def amount_field(body: dict[str, Any], name: str) -> int:
+    text = field(body, name, str)
+    try:
+        return parse_amount(text)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_amount", f"{name}: {exc}") from None
+
+
+def int_query(request: web.Request, name: str, default: int | None, low: int,
+               high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ApiError(400, "invalid_query", f"{name}: expected an integer {low}..{high}")
+    return int(raw)
+
+
+def since_query(request: web.Request) -> datetime | None:
+    raw = request.query.get("since")
+    if not raw:
+        return None
+    try:
+        when = datetime.fromisoformat(raw.replace(" ", "+"))
+    except ValueError:
+        raise ApiError(400, "invalid_query", "since: expected an RFC 3339 time") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

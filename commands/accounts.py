@@ -1,0 +1,200 @@
+"""``rating-engine accounts …`` and ``migrate``: short-lived commands against the database."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TextIO
+
+import asyncpg
+import orjson
+
+from engine.services import database_url, migrate_database
+from rating.core.errors import CommandError, PermanentError, RequestError
+from rating.core.money import parse_amount
+from rating.payments.provider import PaymentProvider
+from rating.payments.simulated import SimulatedProvider
+from rating.settings import Settings
+from rating.stores.accounts import AccountStore, NewAccount, SttBilling, account_json
+from rating.stores.db import create_pool
+from rating.stores.migrations import migrate
+from rating.stores.topups import TopupService
+from rating.tariffbook.files import load_tariffs
+
+
+def amount_arg(name: str, text: str, *, allow_negative: bool = False) -> int:
+    try:
+        micros = parse_amount(text)
+    except ValueError as exc:
+        raise CommandError(f"{name}: {exc}") from None
+    if micros < 0 and not allow_negative:
+        raise CommandError(f"{name}: must not be negative, got {text!r}")
+    return micros
+
+
+@asynccontextmanager
+async def store_for(settings: Settings) -> AsyncIterator[AccountStore]:
+    async with database_url(settings) as (dsn, _pid):
+        pool = await create_pool(dsn, max_size=2)
+        try:
+            await migrate_database(pool)
+            yield AccountStore(pool)
+        finally:
+            await pool.close()
+
+
+def _print_json(out: TextIO, value: object) -> None:
+    out.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _plan_currency(settings: Settings, plan_id: str) -> str:
+    book = load_tariffs(settings.tariffs_dir)
+    try:
+        return book.currency(plan_id)
+    except PermanentError as exc:
+        raise CommandError(f"--plan: {exc.message}") from None
+
+
+async def cmd_migrate(settings: Settings, out: TextIO) -> int:
+    async with database_url(settings) as (dsn, _pid):
+        conn = await asyncpg.connect(dsn)
+        try:
+            applied = await migrate(conn)
+        finally:
+            await conn.close()
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+    out.write(f"applied: {names}\n" if applied else "database is up to date\n")
+    return 0
+
+
+async def cmd_create(settings: Settings, out: TextIO, account_id: str, plan: str,
+                     balance: str, threshold: str) -> int:
+    new = NewAccount(account_id, plan, _plan_currency(settings, plan),
+                     amount_arg("--balance", balance, allow_negative=True),
+                     amount_arg("--low-balance-threshold", threshold))
+    async with store_for(settings) as store:
+        _print_json(out, account_json(await store.create(new)))
+    return 0
+
+
+async def cmd_show(settings: Settings, out: TextIO, account_id: str) -> int:
+    async with store_for(settings) as store:
+        _print_json(out, account_json(await store.get(account_id)))
+    return 0
+
+
+async def cmd_topup(settings: Settings, out: TextIO, account_id: str, amount: str,
+                    key: str, provider: PaymentProvider | None = None) -> int:
+    """Charge the card (simulated unless ``provider`` is given), credit once per key."""
+    micros = amount_arg("AMOUNT", amount)
+    if micros == 0:
+        raise CommandError("AMOUNT: must be greater than zero")
+    async with database_url(settings) as (dsn, _pid):
+        pool = await create_pool(dsn, max_size=2)
+        try:
+            await migrate_database(pool)
+            topups = TopupService(pool, provider or SimulatedProvider())
+            result = await topups.topup(account_id, micros, key)
+        finally:
+            await pool.close()
+    body = account_json(result.account)
+    body["credited"] = result.credited
+    _print_json(out, body)
+    return 0
+
+
+async def cmd_auto_recharge(settings: Settings, out: TextIO, account_id: str,
+                            amount: str | None, below: str | None, off: bool) -> int:
+    async with store_for(settings) as store:
+        if off:
+            account = await store.set_auto_recharge(account_id, amount=None, below=None)
+        else:
+            if amount is None or below is None:
+                raise CommandError("auto-recharge needs --amount and --below, or --off")
+            micros = amount_arg("--amount", amount)
+            if micros == 0:
+                raise CommandError("--amount: must be greater than zero")
+            account = await store.set_auto_recharge(
+                account_id, amount=micros, below=amount_arg("--below", below))
+        _print_json(out, account_json(account))
+    return 0
+
+
+async def cmd_stt_billing(settings: Settings, out: TextIO, account_id: str,
+                          mode: SttBilling) -> int:
+    async with store_for(settings) as store:
+        _print_json(out, account_json(await store.set_stt_billing(account_id, mode)))
+    return 0
+
+
+async def cmd_adjust(settings: Settings, out: TextIO, account_id: str, amount: str,
+                     reason: str, key: str) -> int:
+    micros = amount_arg("AMOUNT", amount, allow_negative=True)
+    async with store_for(settings) as store:
+        result = await store.credit(account_id, kind="adjustment", source="adjustment",
+                                    key=f"{account_id}/{key}", amount=micros, reason=reason)
+        body = account_json(result.account)
+        body["applied"] = result.applied
+        _print_json(out, body)
+    return 0
+
+
+def read_import_file(path: Path, settings: Settings) -> list[NewAccount]:
+    """Parse ``id,plan,balance[,low_balance_threshold]``; every bad row is a file:line error."""
+    book = load_tariffs(settings.tariffs_dir)
+    errors: list[str] = []
+    accounts: list[NewAccount] = []
+    seen: set[str] = set()
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"{path}: {exc.strerror}") from None
+    with handle:
+        reader = csv.reader(handle)
+        header = [h.strip() for h in next(reader, [])]
+        if header[:3] != ["id", "plan", "balance"] or header[3:] not in (
+                [], ["low_balance_threshold"]):
+            raise CommandError(
+                f"{path}:1: header must be id,plan,balance[,low_balance_threshold]")
+        for row in reader:
+            line = reader.line_num
+            if not row or not "".join(row).strip():
+                continue
+            try:
+                accounts.append(_import_row(row, header, book.currency, seen))
+            except (RequestError, PermanentError) as exc:
+                errors.append(f"{path}:{line}: {exc}")
+    if errors:
+        raise CommandError("\n".join(errors))
+    return accounts
+
+
+def _import_row(row: list[str], header: list[str], currency_of: Callable[[str], str],
+                seen: set[str]) -> NewAccount:
+    if len(row) != len(header):
+        raise CommandError(f"expected {len(header)} columns, got {len(row)}")
+    account_id, plan, balance = (c.strip() for c in row[:3])
+    if not account_id:
+        raise CommandError("empty id")
+    if account_id in seen:
+        raise CommandError(f"duplicate id {account_id!r}")
+    seen.add(account_id)
+    threshold = row[3].strip() if len(row) > 3 and row[3].strip() else "0"
+    return NewAccount(account_id, plan, currency_of(plan),
+                      amount_arg("balance", balance, allow_negative=True),
+                      amount_arg("low_balance_threshold", threshold))
+
+
+async def cmd_import(settings: Settings, out: TextIO, path: Path) -> int:
+    accounts = read_import_file(path, settings)
+    async with store_for(settings) as store:
+        created, existing = await store.create_many(accounts)
+    out.write(f"created: {created}, existing (untouched): {existing}\n")
+    return 0
+
+
+def stderr_line(message: str) -> None:
+    sys.stderr.write(f"rating-engine: error: {message}\n")

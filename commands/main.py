@@ -1,0 +1,152 @@
+"""The ``rating-engine`` command line (CONTRACT §7): parses, configures, dispatches.
+
+This is the only module that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from commands import accounts
+from commands.accounts import stderr_line
+from rating.core.errors import CommandError, RatingError
+from rating.settings import Settings, SettingsError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rating-engine",
+        description="Real-time rating and prepaid-credit deduction for a cloud phone system.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    dev = verbs.add_parser("dev", help="engine + embedded services + simulated switch traffic")
+    dev.add_argument("--rate", default="200/s", help="simulated events per second (N/s)")
+    dev.add_argument("--accounts", type=int, default=50, help="demo accounts")
+    verbs.add_parser("run", help="engine against the configured services")
+    verbs.add_parser("migrate", help="apply database migrations")
+
+    sim = verbs.add_parser("simulate", help="publish realistic usage like a voice switch")
+    sim.add_argument("--rate", default="200/s", help="events per second (N/s)")
+    sim.add_argument("--accounts", type=int, default=50, help="accounts acct-0001..N")
+    sim.add_argument("--duration", type=float, default=None, help="seconds, default forever")
+
+    tariffs = verbs.add_parser("tariffs", help="tariff files").add_subparsers(
+        dest="tariffs_verb", required=True, metavar="COMMAND")
+    validate = tariffs.add_parser("validate", help="check tariff files; exit 1 on any error")
+    validate.add_argument("dir", nargs="?", type=Path, default=None)
+
+    rate = verbs.add_parser("rate", help="price usage events (JSON lines) from stdin")
+    rate.add_argument("--plan", required=True)
+
+    acc = verbs.add_parser("accounts", help="manage accounts").add_subparsers(
+        dest="accounts_verb", required=True, metavar="COMMAND")
+    create = acc.add_parser("create", help="create an account")
+    create.add_argument("id")
+    create.add_argument("--plan", required=True)
+    create.add_argument("--balance", default="0")
+    create.add_argument("--low-balance-threshold", default="0")
+    imp = acc.add_parser("import", help="bulk create from id,plan,balance[,low_balance_threshold]")
+    imp.add_argument("file", type=Path)
+    show = acc.add_parser("show", help="one account as JSON")
+    show.add_argument("id")
+    topup = acc.add_parser("topup", help="one-time credit, once per idempotency key")
+    topup.add_argument("id")
+    topup.add_argument("amount")
+    topup.add_argument("--idempotency-key", required=True)
+    auto = acc.add_parser("auto-recharge", help="add AMOUNT when the balance falls below")
+    auto.add_argument("id")
+    auto.add_argument("--amount")
+    auto.add_argument("--below")
+    auto.add_argument("--off", action="store_true")
+    stt = acc.add_parser("stt-billing", help="bill speech-to-text from credit or on the invoice")
+    stt.add_argument("id")
+    stt.add_argument("mode", choices=["credit", "invoice"])
+    adjust = acc.add_parser("adjust", help="signed manual adjustment by support, with a reason")
+    adjust.add_argument("id")
+    adjust.add_argument("amount")
+    adjust.add_argument("--reason", required=True)
+    adjust.add_argument("--idempotency-key", required=True)
+    return parser
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, Any, int] | int:
+    out = sys.stdout
+    if args.verb == "migrate":
+        return accounts.cmd_migrate(settings, out)
+    if args.verb == "tariffs":
+        from commands.tariffs import validate_command
+
+        return validate_command(args.dir or settings.tariffs_dir, out)
+    if args.verb == "rate":
+        from commands.tariffs import rate_command
+
+        return rate_command(settings.tariffs_dir, args.plan, sys.stdin, out)
+    if args.verb == "run":
+        from engine.assembly import serve
+
+        return serve(settings)
+    if args.verb == "dev":
+        from demo.dev import dev_command
+
+        return dev_command(settings, args)
+    if args.verb == "simulate":
+        from demo.simulator import simulate_command
+
+        return simulate_command(settings, args)
+    return _dispatch_accounts(args, settings)
+
+
+def _dispatch_accounts(args: argparse.Namespace,
+                       settings: Settings) -> Coroutine[Any, Any, int] | int:
+    out = sys.stdout
+    verb = args.accounts_verb
+    if verb == "create":
+        return accounts.cmd_create(settings, out, args.id, args.plan, args.balance,
+                                   args.low_balance_threshold)
+    if verb == "import":
+        return accounts.cmd_import(settings, out, args.file)
+    if verb == "show":
+        return accounts.cmd_show(settings, out, args.id)
+    if verb == "topup":
+        return accounts.cmd_topup(settings, out, args.id, args.amount, args.idempotency_key)
+    if verb == "auto-recharge":
+        return accounts.cmd_auto_recharge(settings, out, args.id, args.amount, args.below,
+                                          args.off)
+    if verb == "stt-billing":
+        return accounts.cmd_stt_billing(settings, out, args.id, args.mode)
+    return accounts.cmd_adjust(settings, out, args.id, args.amount, args.reason,
+                               args.idempotency_key)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    try:
+        settings = Settings.from_env(os.environ)
+        work = _dispatch(args, settings)
+        return work if isinstance(work, int) else asyncio.run(work)
+    except SettingsError as exc:
+        stderr_line(str(exc))
+        return EXIT_USAGE
+    except (CommandError, RatingError) as exc:
+        stderr_line(str(exc))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

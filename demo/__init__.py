@@ -1,0 +1,1 @@
+"""Dev mode and the simulated voice switch that feeds it."""

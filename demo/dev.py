@@ -1,0 +1,104 @@
+"""``rating-engine dev``: demo accounts, a simulated voice switch and a live status line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+
+from prometheus_client import REGISTRY
+
+from demo.simulator import (
+    TrafficGenerator,
+    demo_accounts,
+    destinations_for,
+    parse_rate,
+    publish,
+)
+from engine.assembly import Engine, serve
+from rating.core.errors import CommandError
+from rating.core.money import parse_amount
+from rating.settings import Settings
+from rating.stores.accounts import AccountStore, NewAccount
+
+DEMO_BALANCE = parse_amount("8.00")
+DEMO_THRESHOLD = parse_amount("5.00")
+DEMO_RECHARGE = parse_amount("20.00")
+
+
+async def create_demo_accounts(store: AccountStore, engine: Engine, count: int) -> list[str]:
+    """acct-0001..N, alternating the sample plans; every other one with auto-recharge."""
+    book = engine.tariffs.book
+    plans = [p for p in ("standard", "us-business") if p in book.plan_ids()] or book.plan_ids()
+    ids = demo_accounts(count)
+    new = [NewAccount(account_id, plans[i % len(plans)], book.currency(plans[i % len(plans)]),
+                      DEMO_BALANCE, DEMO_THRESHOLD) for i, account_id in enumerate(ids)]
+    created, _existing = await store.create_many(new)
+    if created:
+        for account_id in ids[::2]:
+            await store.set_auto_recharge(account_id, amount=DEMO_RECHARGE, below=DEMO_THRESHOLD)
+    return ids
+
+
+def _total(name: str) -> float:
+    """Sum of a counter over all its label sets."""
+    total = 0.0
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == name:
+                total += sample.value
+    return total
+
+
+async def status_line(interval_s: float = 2.0) -> None:
+    """One line every ``interval_s``: throughput, debits, DLQ, balance events."""
+    last_applied, last_time = _total("rating_events_applied_total"), time.monotonic()
+    while True:
+        await asyncio.sleep(interval_s)
+        applied, now = _total("rating_events_applied_total"), time.monotonic()
+        rate = (applied - last_applied) / (now - last_time)
+        last_applied, last_time = applied, now
+        published = {
+            kind: REGISTRY.get_sample_value("rating_balance_events_published_total",
+                                            {"type": kind}) or 0
+            for kind in ("balance.low", "balance.exhausted", "topup.credited")}
+        print(f"{rate:8.0f} events/s | applied {applied:,.0f}"
+              f" | duplicates {_total('rating_events_duplicate_total'):,.0f}"
+              f" | DLQ {_total('rating_events_dlq_total'):,.0f}"
+              f" | balance.low {published['balance.low']:,.0f}"
+              f" | exhausted {published['balance.exhausted']:,.0f}"
+              f" | top-ups {published['topup.credited']:,.0f}", file=sys.stderr, flush=True)
+
+
+async def start_dev(engine: Engine, options: argparse.Namespace,
+                    stack: contextlib.AsyncExitStack) -> list[asyncio.Task[None]]:
+    store = AccountStore(engine.pool)
+    accounts = await create_demo_accounts(store, engine, options.accounts)
+    traffic = TrafficGenerator(accounts, destinations_for(engine.tariffs), bad_ratio=0.002)
+    stop = asyncio.Event()
+    stack.callback(stop.set)
+
+    async def simulate() -> None:
+        await publish(engine.producer, engine.settings.usage_topic, traffic,
+                      parse_rate(options.rate), stop)
+
+    print(f"dev: {len(accounts)} demo accounts (acct-0001..), simulated switch at "
+          f"{options.rate}", file=sys.stderr, flush=True)
+    return [asyncio.create_task(simulate(), name="simulator"),
+            asyncio.create_task(status_line(), name="status-line")]
+
+
+def dev_command(settings: Settings, options: argparse.Namespace) -> int:
+    """``rating-engine dev``: the engine with demo accounts and simulated traffic."""
+    try:
+        parse_rate(options.rate)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+    async def on_started(engine: Engine,
+                         stack: contextlib.AsyncExitStack) -> list[asyncio.Task[None]]:
+        return await start_dev(engine, options, stack)
+
+    return asyncio.run(serve(settings, on_started=on_started))

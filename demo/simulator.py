@@ -1,0 +1,200 @@
+"""A simulated voice switch: realistic calls, toll-free minutes, SMS and STT jobs on Kafka.
+
+Numbers are real-looking E.164 numbers of the countries every plan prices (from
+``phonenumbers``' example numbers); calls arrive as one event a minute of elapsed
+time, the last one ``final``. A small share of bad events exercises the DLQ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import random
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+import phonenumbers
+from aiokafka import AIOKafkaProducer
+
+from engine.services import kafka_bootstrap, kafka_producer
+from rating.core.errors import CommandError
+from rating.settings import Settings
+from rating.tariffbook.book import TariffStore
+
+_NUMBER_TYPES = (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE)
+_SMS_TEXTS = ("Your code is 482913", "Meeting moved to 3pm, see you there!",
+              "Votre colis arrive demain entre 9h et 12h.", "Grüße aus München 🍺",
+              "Reminder: invoice #2231 is due on Friday. Reply STOP to opt out. " * 3)
+
+
+@dataclass(frozen=True, slots=True)
+class Destinations:
+    call: tuple[str, ...]
+    sms: tuple[str, ...]
+    tollfree: tuple[str, ...]
+
+
+def _example_numbers(regions: set[str]) -> tuple[str, ...]:
+    numbers = []
+    for region in sorted(regions):
+        for kind in _NUMBER_TYPES:
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is not None:
+                numbers.append(phonenumbers.format_number(
+                    example, phonenumbers.PhoneNumberFormat.E164))
+    return tuple(numbers)
+
+
+def destinations_for(tariffs: TariffStore) -> Destinations:
+    """Numbers every plan can price, so simulated traffic is billable on any demo account."""
+    book = tariffs.book
+    plans = [book.plan(plan_id) for plan_id in book.plan_ids()]
+    call = set.intersection(*(set(p.call.by_country) for p in plans if p.call))
+    sms = set.intersection(*(set(p.sms.rates) for p in plans if p.sms))
+    tollfree: set[str] = set.intersection(
+        *({c for c, _ in p.tollfree.rates} for p in plans if p.tollfree))
+    tf_numbers = []
+    for region in sorted(tollfree):
+        example = phonenumbers.example_number_for_type(region,
+                                                       phonenumbers.PhoneNumberType.TOLL_FREE)
+        if example is not None:
+            tf_numbers.append(phonenumbers.format_number(
+                example, phonenumbers.PhoneNumberFormat.E164))
+    return Destinations(_example_numbers(call), _example_numbers(sms), tuple(tf_numbers))
+
+
+class TrafficGenerator:
+    """An endless stream of ``(account_id, event bytes)`` in a realistic mix."""
+
+    def __init__(self, accounts: list[str], destinations: Destinations, *,
+                 source: str = "switch-sim-1", bad_ratio: float = 0.0,
+                 seed: int | None = None) -> None:
+        self._accounts = accounts
+        self._dest = destinations
+        self._source = source
+        self._bad_ratio = bad_ratio
+        self._random = random.Random(seed)
+        self._run = uuid.uuid4().hex[:8]
+        self._ids = itertools.count(1)
+        self._pending: list[tuple[str, bytes]] = []
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        return self
+
+    def __next__(self) -> tuple[str, bytes]:
+        if not self._pending:
+            self._pending = list(reversed(self._next_session()))
+        return self._pending.pop()
+
+    def _event(self, account: str, type_: str, data: dict[str, object]) -> tuple[str, bytes]:
+        n = next(self._ids)
+        return account, orjson.dumps({
+            "specversion": "1.0", "id": f"sim-{self._run}-{n}", "source": self._source,
+            "type": type_, "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "subject": account, "data": data})
+
+    def _next_session(self) -> list[tuple[str, bytes]]:
+        rnd = self._random
+        account = rnd.choice(self._accounts)
+        if rnd.random() < self._bad_ratio:
+            return [self._bad_event(account)]
+        kind = rnd.choices(("call", "tollfree", "sms", "stt"), (55, 10, 25, 10))[0]
+        if kind == "sms":
+            data: dict[str, object] = {"message_id": f"m-{uuid.uuid4().hex[:10]}",
+                                       "destination": rnd.choice(self._dest.sms)}
+            if rnd.random() < 0.5:
+                data["text"] = rnd.choice(_SMS_TEXTS)
+            else:
+                data["segments"] = rnd.randint(1, 3)
+            return [self._event(account, "usage.sms", data)]
+        if kind == "stt":
+            return [self._event(account, "usage.stt", {
+                "job_id": f"j-{uuid.uuid4().hex[:10]}", "seconds": rnd.randint(5, 900)})]
+        total = max(1, int(rnd.expovariate(1 / 150)))
+        call_id = f"c-{uuid.uuid4().hex[:10]}"
+        if kind == "tollfree" and self._dest.tollfree:
+            base: dict[str, object] = {
+                "call_id": call_id, "tollfree_number": rnd.choice(self._dest.tollfree),
+                "direction": rnd.choice(("inbound", "inbound", "outbound"))}
+            type_ = "usage.tollfree"
+        else:
+            base = {"call_id": call_id, "destination": rnd.choice(self._dest.call)}
+            type_ = "usage.call"
+        events = []
+        for start in range(0, total, 60):
+            end = min(start + 60, total)
+            events.append(self._event(account, type_, {
+                **base, "from_s": start, "to_s": end, "final": end == total}))
+        return events
+
+    def _bad_event(self, account: str) -> tuple[str, bytes]:
+        choice = self._random.randrange(3)
+        if choice == 0:
+            return account, b'{"specversion": "1.0", "id": "broken'
+        if choice == 1:  # a country no plan prices
+            return self._event(account, "usage.call", {
+                "call_id": "c-x", "destination": "+8823401234567", "from_s": 0, "to_s": 30})
+        return self._event(account, "usage.call", {"call_id": "c-y", "destination": "+44207",
+                                                   "from_s": 60, "to_s": 30})
+
+
+async def publish(producer: AIOKafkaProducer, topic: str, traffic: TrafficGenerator,
+                  rate_per_s: float, stop: asyncio.Event, *,
+                  duration_s: float | None = None) -> int:
+    """Publish at ``rate_per_s`` until ``stop`` or ``duration_s``; return events sent."""
+    sent = 0
+    started = time.monotonic()
+    while not stop.is_set():
+        elapsed = time.monotonic() - started
+        if duration_s is not None and elapsed >= duration_s:
+            break
+        due = int(elapsed * rate_per_s) + 1 - sent
+        futures = []
+        for account, value in itertools.islice(traffic, max(0, due)):
+            futures.append(await producer.send(topic, value=value, key=account.encode()))
+        sent += len(futures)
+        if futures:
+            await asyncio.gather(*futures)
+        await asyncio.sleep(0.01)
+    return sent
+
+
+def demo_accounts(count: int) -> list[str]:
+    return [f"acct-{i:04d}" for i in range(1, count + 1)]
+
+
+def parse_rate(text: str) -> float:
+    """``"200/s"`` or ``"200"`` -> 200.0 events per second."""
+    number = text.removesuffix("/s").strip()
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"--rate: expected N/s, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"--rate: must be positive, got {text!r}")
+    return value
+
+
+async def simulate_command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        rate_per_s = parse_rate(args.rate)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    traffic = TrafficGenerator(demo_accounts(args.accounts),
+                               destinations_for(TariffStore(settings.tariffs_dir)))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with kafka_bootstrap(settings) as (bootstrap, _pid), \
+            kafka_producer(bootstrap) as producer:
+        sent = await publish(producer, settings.usage_topic, traffic, rate_per_s, stop,
+                             duration_s=args.duration)
+    print(f"published {sent} usage events to {settings.usage_topic}", flush=True)
+    return 0

@@ -1,0 +1,1 @@
+"""A running engine: its assembly, its services (embedded or configured)."""

@@ -1,0 +1,186 @@
+"""Assembles the running engine: services, consumers, relay, recharge worker, API, metrics.
+
+``run`` uses the configured services (or embedded ones when none are configured);
+``dev`` adds demo accounts and a simulated voice switch with a live status line.
+Shutdown (SIGTERM or Ctrl-C): stop fetching, finish and commit the batch in
+flight, stop the workers, then the embedded services; exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from prometheus_client import start_http_server
+
+from api.accounts import HttpApi
+from consumers.outbox_relay import OutboxRelay
+from consumers.recharge_worker import RechargeWorker
+from consumers.tariff_watcher import TariffWatcher
+from consumers.usage_consumer import UsageConsumer
+from engine.services import (
+    Endpoints,
+    endpoints,
+    ensure_topics,
+    kafka_producer,
+    migrate_database,
+)
+from rating.payments.simulated import SimulatedProvider
+from rating.settings import Settings
+from rating.stores.accounts import AccountStore
+from rating.stores.db import create_pool
+from rating.stores.topups import TopupService
+from rating.tariffbook.book import TariffStore
+
+log = logging.getLogger(__name__)
+
+USAGE_PARTITIONS = 8
+BALANCE_PARTITIONS = 4
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    endpoints: Endpoints
+    pool: asyncpg.Pool
+    producer: AIOKafkaProducer
+    tariffs: TariffStore
+    consumer: UsageConsumer
+    relay: OutboxRelay
+    metrics_port: int
+
+    async def readiness(self) -> dict[str, bool]:
+        try:
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 2)
+            database = True
+        except Exception:  # any failure means not ready; the reason is in the logs
+            database = False
+        return {"database": database, "tariffs": self.tariffs.book is not None,
+                "kafka": not self.consumer.stopping.is_set()}
+
+
+def load_tariff_store(settings: Settings) -> TariffStore:
+    store = TariffStore(settings.tariffs_dir)
+    # A large deck is ~100 000 long-lived objects: keep them out of every full
+    # garbage collection, which would otherwise rescan them all.
+    gc.freeze()
+    return store
+
+
+# Called once the engine runs, before its tasks start (dev mode adds its demo here):
+# returns more tasks to run beside the engine's own, cancelled at shutdown.
+OnStarted = Callable[["Engine", contextlib.AsyncExitStack], Awaitable[list["asyncio.Task[None]"]]]
+
+
+async def serve(settings: Settings, *, on_started: OnStarted | None = None) -> int:
+    """Run until SIGTERM/SIGINT; return the exit status."""
+    tariffs = load_tariff_store(settings)
+    async with endpoints(settings) as ends:
+        pool = await create_pool(ends.database_url, max_size=10)
+        try:
+            await migrate_database(pool)
+            await ensure_topics(ends.kafka_bootstrap, {
+                settings.usage_topic: USAGE_PARTITIONS, settings.dlq_topic: 1,
+                settings.balance_topic: BALANCE_PARTITIONS})
+            async with kafka_producer(ends.kafka_bootstrap) as producer:
+                return await _run_components(settings, ends, pool, producer, tariffs,
+                                             on_started)
+        finally:
+            await pool.close()
+
+
+async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Pool,
+                          producer: AIOKafkaProducer, tariffs: TariffStore,
+                          on_started: OnStarted | None) -> int:
+    consumer = UsageConsumer(settings, ends.kafka_bootstrap, pool, tariffs, producer)
+    relay = OutboxRelay(pool, producer, settings.balance_topic)
+    metrics_server, _thread = start_http_server(settings.metrics_port, addr=settings.http_host)
+    metrics_port = metrics_server.server_port
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(metrics_server.shutdown)
+        watcher = TariffWatcher(tariffs, float(settings.tariff_poll_seconds))
+        await watcher.start()
+        stack.push_async_callback(watcher.close)
+        await consumer.start()
+        stack.push_async_callback(consumer.close)
+        engine = Engine(settings, ends, pool, producer, tariffs, consumer, relay, metrics_port)
+        extras = await _start_extras(engine, stack)
+        _announce(engine, extras.http_port)
+        added = [] if on_started is None else await on_started(engine, stack)
+        tasks = [asyncio.create_task(consumer.run(), name="usage-consumer"),
+                 asyncio.create_task(relay.run(), name="outbox-relay"),
+                 *extras.tasks]
+        stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
+        watched: list[asyncio.Task[object]] = [stopper, *tasks, *added]
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper and t.exception() is not None]
+        log.info("shutting down: finishing the batch in flight")
+        consumer.request_stop()
+        relay.request_stop()
+        for request_stop in extras.stoppers:
+            request_stop()
+        for task in added:
+            task.cancel()
+        await asyncio.wait(tasks + added, timeout=settings.shutdown_grace_seconds)
+        for task in tasks:
+            task.cancel()
+        for failure in failed:
+            exc = failure.exception()
+            log.error("%s failed: %s", failure.get_name(), exc, exc_info=exc)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        return 1 if failed else 0
+    return 0  # pragma: no cover  (the exit stack never swallows exceptions)
+
+
+@dataclass
+class Extras:
+    tasks: list[asyncio.Task[None]]
+    stoppers: list[Callable[[], None]]
+    http_port: int
+
+
+async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack) -> Extras:
+    """The recharge worker and the HTTP API."""
+    provider = SimulatedProvider.from_spec(engine.settings.payment_simulation)
+    store = AccountStore(engine.pool)
+    topups = TopupService(engine.pool, provider)
+    api = HttpApi(store=store, tariffs=engine.tariffs, topups=topups, settings=engine.settings,
+                  readiness=engine.readiness)
+    await api.start()
+    stack.push_async_callback(api.close)
+    worker = RechargeWorker(engine.settings, engine.endpoints.kafka_bootstrap, engine.pool,
+                            provider)
+    await worker.start()
+    stack.push_async_callback(worker.close)
+    task = asyncio.create_task(worker.run(), name="recharge-worker")
+    return Extras(tasks=[task], stoppers=[worker.request_stop], http_port=api.port or 0)
+
+
+def _announce(engine: Engine, http_port: int) -> None:
+    ends = engine.endpoints
+    lines = [
+        "rating engine running",
+        f"  PostgreSQL     {ends.database_url.rpartition('@')[2]}"
+        + ("  (embedded)" if engine.settings.database_url is None else ""),
+        f"  Kafka          {ends.kafka_bootstrap}"
+        + ("  (embedded)" if engine.settings.kafka_bootstrap is None else ""),
+        f"  metrics        http://127.0.0.1:{engine.metrics_port}/metrics",
+        f"  account API    http://127.0.0.1:{http_port}/v1/accounts/{{id}}"
+        f"   (health: /healthz, /readyz)",
+        f"  tariffs        {engine.settings.tariffs_dir}",
+        "  stop with Ctrl-C (or SIGTERM)",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)

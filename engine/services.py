@@ -1,0 +1,104 @@
+"""The engine's backing services: the configured ones, or embedded ones started for us."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from engine.embedded import EmbeddedBroker, EmbeddedPostgres
+from rating.core.errors import BrokerUnavailable
+from rating.settings import Settings
+from rating.stores.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+# Kafka's TopicAlreadyExists: a topic someone else created is used as it is.
+_TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    database_url: str
+    kafka_bootstrap: str
+    embedded_pids: tuple[int, ...]
+
+
+@contextlib.asynccontextmanager
+async def database_url(settings: Settings) -> AsyncIterator[tuple[str, int | None]]:
+    """The configured DSN, or an embedded server's (stopped on exit if we started it)."""
+    if settings.database_url is not None:
+        yield settings.database_url, None
+        return
+    async with EmbeddedPostgres(settings.data_dir / "postgres") as pg:
+        yield pg.dsn, pg.pid
+
+
+@contextlib.asynccontextmanager
+async def kafka_bootstrap(settings: Settings) -> AsyncIterator[tuple[str, int | None]]:
+    if settings.kafka_bootstrap is not None:
+        yield ",".join(settings.kafka_bootstrap), None
+        return
+    async with EmbeddedBroker(settings.data_dir / "broker") as broker:
+        yield broker.bootstrap, broker.pid
+
+
+@contextlib.asynccontextmanager
+async def endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
+    async with database_url(settings) as (dsn, pg_pid), \
+            kafka_bootstrap(settings) as (bootstrap, broker_pid):
+        pids = tuple(pid for pid in (pg_pid, broker_pid) if pid is not None)
+        yield Endpoints(dsn, bootstrap, pids)
+
+
+async def migrate_database(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await migrate(conn)
+
+
+async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    """Create missing topics (name -> partitions); existing ones are used as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    # aiokafka logs its own copy of a connection failure; ours says it in one line.
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, parts, 1) for name, parts in topics.items()
+                   if name not in existing]
+        if missing:
+            response = await admin.create_topics(missing)
+            for topic, code, message in response.topic_errors:
+                if code not in (0, _TOPIC_ALREADY_EXISTS):
+                    raise BrokerUnavailable(f"cannot create topic {topic}: {message}")
+    except KafkaError as exc:
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    finally:
+        quiet.setLevel(level)
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def kafka_producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    # acks=all and no idempotence: the embedded broker has no idempotent producer,
+    # and correctness never depends on it (the ledger deduplicates).
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                request_timeout_ms=15_000)
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        await producer.stop()
+        raise BrokerUnavailable(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    try:
+        yield producer
+    finally:
+        await producer.stop()

@@ -1,0 +1,1 @@
+"""The pure rating core: money, pricing, events, tariffs in memory, rating, quotes; no I/O."""

@@ -1,0 +1,348 @@
+"""Usage events (contract §3): bytes are decoded and validated here, once.
+
+Past ``decode_usage_event`` nothing touches ``dict[str, Any]``: the rest of the
+engine sees only the frozen dataclasses below or an ``InvalidEvent``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, ClassVar, Literal
+
+import orjson
+
+from rating.core.errors import InvalidEvent
+from rating.core.segments import count_segments
+
+Service = Literal["call", "tollfree", "sms", "stt"]
+Direction = Literal["inbound", "outbound"]
+
+_E164_RE = re.compile(r"\+[1-9][0-9]{1,14}", re.ASCII)
+_is_e164 = _E164_RE.fullmatch
+_RFC3339_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})",
+    re.ASCII,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CallUsage:
+    """Elapsed seconds ``from_s..to_s`` of an outgoing call to ``destination``."""
+
+    service: ClassVar[Literal["call"]] = "call"
+    event_id: str
+    source: str
+    account_id: str
+    time: datetime | None
+    call_id: str
+    destination: str
+    from_s: int
+    to_s: int
+    final: bool = False
+
+
+# A frozen dataclass's __init__ pays a generic object.__setattr__ per field;
+# calls are most of the traffic, so their decoder fills the slots through the
+# descriptors directly (the object is the same, and as frozen, afterwards).
+_new = object.__new__
+_CALL_SETTERS = tuple(CallUsage.__dict__[field.name].__set__ for field in fields(CallUsage))
+
+
+def _new_call(
+    event_id: str,
+    source: str,
+    account_id: str,
+    time: datetime | None,
+    call_id: str,
+    destination: str,
+    from_s: int,
+    to_s: int,
+    final: bool,
+) -> CallUsage:
+    event = _new(CallUsage)
+    s_id, s_source, s_account, s_time, s_call, s_dest, s_from, s_to, s_final = _CALL_SETTERS
+    s_id(event, event_id)
+    s_source(event, source)
+    s_account(event, account_id)
+    s_time(event, time)
+    s_call(event, call_id)
+    s_dest(event, destination)
+    s_from(event, from_s)
+    s_to(event, to_s)
+    s_final(event, final)
+    return event
+
+
+@dataclass(frozen=True, slots=True)
+class TollFreeUsage:
+    """Elapsed seconds ``from_s..to_s`` of a call on the account's toll-free number."""
+
+    service: ClassVar[Literal["tollfree"]] = "tollfree"
+    event_id: str
+    source: str
+    account_id: str
+    time: datetime | None
+    call_id: str
+    tollfree_number: str
+    direction: Direction
+    from_s: int
+    to_s: int
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SmsUsage:
+    """One SMS of ``segments`` segments sent to ``destination``."""
+
+    service: ClassVar[Literal["sms"]] = "sms"
+    event_id: str
+    source: str
+    account_id: str
+    time: datetime | None
+    message_id: str
+    destination: str
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
+class SttUsage:
+    """``seconds`` of speech-to-text processing."""
+
+    service: ClassVar[Literal["stt"]] = "stt"
+    event_id: str
+    source: str
+    account_id: str
+    time: datetime | None
+    job_id: str
+    seconds: int
+
+
+UsageEvent = CallUsage | TollFreeUsage | SmsUsage | SttUsage
+
+
+def _invalid(message: str) -> InvalidEvent:
+    return InvalidEvent(message, code="invalid_event")
+
+
+def _text(obj: dict[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if type(value) is not str or not value:
+        if value is None:
+            raise _invalid(f"{where}{key}: required non-empty string is missing")
+        raise _invalid(f"{where}{key}: must be a non-empty string")
+    return value
+
+
+# (source, id) is the ledger's unique key and subject the account id: PostgreSQL text
+# cannot hold U+0000, and an index entry must fit in a page, so such an event is
+# refused here (to the DLQ) rather than failing the batch's transaction every time.
+MAX_KEY_LENGTH = 256
+
+
+def _check_keys(event_id: str, source: str, subject: str) -> None:
+    for key, value in (("id", event_id), ("source", source), ("subject", subject)):
+        if len(value) > MAX_KEY_LENGTH:
+            raise _invalid(f"{key}: longer than {MAX_KEY_LENGTH} characters")
+        if "\x00" in value:
+            raise _invalid(f"{key}: must not contain U+0000")
+
+
+def _int(data: dict[str, Any], key: str) -> int:
+    value = data.get(key)
+    # bool is an int subclass and JSON 1.0 decodes to float: both are rejected.
+    if type(value) is not int:
+        if value is None:
+            raise _invalid(f"data.{key}: required integer is missing")
+        raise _invalid(f"data.{key}: must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _e164(data: dict[str, Any], key: str) -> str:
+    value = _text(data, key, "data.")
+    if not _is_e164(value):
+        raise _invalid(f"data.{key}: not an E.164 number ('+' and 2 to 15 digits): {value!r}")
+    return value
+
+
+def _final(data: dict[str, Any]) -> bool:
+    value = data.get("final", False)
+    if type(value) is not bool:
+        raise _invalid("data.final: must be a boolean")
+    return value
+
+
+def _interval(data: dict[str, Any]) -> tuple[int, int]:
+    from_s, to_s = _int(data, "from_s"), _int(data, "to_s")
+    if not 0 <= from_s < to_s:
+        raise _invalid(f"data.from_s/to_s: need 0 <= from_s < to_s, got {from_s}..{to_s}")
+    return from_s, to_s
+
+
+@lru_cache(maxsize=4096)
+def _parse_time(text: str) -> datetime:
+    # Events of one batch share few distinct timestamps, hence the cache.
+    if _RFC3339_RE.fullmatch(text) is None:
+        raise ValueError(f"time: not an RFC 3339 timestamp: {text!r}")
+    try:
+        parsed = datetime.fromisoformat(text.upper())
+    except ValueError as exc:
+        raise ValueError(f"time: {exc}: {text!r}") from exc
+    return parsed.astimezone(UTC)
+
+
+def _time(value: object) -> datetime:
+    if type(value) is not str:
+        raise _invalid("time: must be an RFC 3339 string")
+    try:
+        return _parse_time(value)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from exc
+
+
+# Each decoder checks the valid case in one expression (the hot path) and only
+# on failure walks the fields again to name the first problem.
+
+
+def _call(
+    event_id: str, source: str, subject: str, when: datetime | None, data: dict[str, Any]
+) -> CallUsage:
+    call_id, destination = data.get("call_id"), data.get("destination")
+    from_s, to_s, final = data.get("from_s"), data.get("to_s"), data.get("final", False)
+    if (
+        type(call_id) is str
+        and call_id
+        and type(destination) is str
+        and _is_e164(destination)
+        and type(from_s) is int
+        and type(to_s) is int
+        and 0 <= from_s < to_s
+        and type(final) is bool
+    ):
+        return _new_call(event_id, source, subject, when, call_id, destination, from_s, to_s, final)
+    _text(data, "call_id", "data.")
+    _e164(data, "destination")
+    _interval(data)
+    _final(data)
+    raise AssertionError("unreachable: a field check must have failed")
+
+
+def _tollfree(
+    event_id: str, source: str, subject: str, when: datetime | None, data: dict[str, Any]
+) -> TollFreeUsage:
+    call_id, number = data.get("call_id"), data.get("tollfree_number")
+    direction = data.get("direction")
+    from_s, to_s, final = data.get("from_s"), data.get("to_s"), data.get("final", False)
+    if direction != "inbound" and direction != "outbound":
+        raise _invalid("data.direction: must be 'inbound' or 'outbound'")
+    if (
+        type(call_id) is str
+        and call_id
+        and type(number) is str
+        and _is_e164(number)
+        and type(from_s) is int
+        and type(to_s) is int
+        and 0 <= from_s < to_s
+        and type(final) is bool
+    ):
+        return TollFreeUsage(
+            event_id, source, subject, when, call_id, number, direction, from_s, to_s, final
+        )
+    _text(data, "call_id", "data.")
+    _e164(data, "tollfree_number")
+    _interval(data)
+    _final(data)
+    raise AssertionError("unreachable: a field check must have failed")
+
+
+def _sms(
+    event_id: str, source: str, subject: str, when: datetime | None, data: dict[str, Any]
+) -> SmsUsage:
+    message_id, destination = data.get("message_id"), data.get("destination")
+    segments = data.get("segments")
+    if type(message_id) is not str or not message_id:
+        message_id = _text(data, "message_id", "data.")
+    if type(destination) is not str or not _is_e164(destination):
+        destination = _e164(data, "destination")
+    if segments is None:
+        text = data.get("text")
+        if type(text) is not str:
+            if text is None:
+                raise _invalid("data.segments: required integer is missing (or give data.text)")
+            raise _invalid("data.text: must be a string")
+        segments = count_segments(text)
+    elif type(segments) is not int or segments < 1:
+        raise _invalid(
+            f"data.segments: must be an integer >= 1, got {type(segments).__name__} {segments!r}"
+        )
+    return SmsUsage(event_id, source, subject, when, message_id, destination, segments)
+
+
+def _stt(
+    event_id: str, source: str, subject: str, when: datetime | None, data: dict[str, Any]
+) -> SttUsage:
+    job_id, seconds = data.get("job_id"), data.get("seconds")
+    if type(job_id) is not str or not job_id:
+        job_id = _text(data, "job_id", "data.")
+    if type(seconds) is not int or seconds < 1:
+        raise _invalid(
+            f"data.seconds: must be an integer > 0, got {type(seconds).__name__} {seconds!r}"
+        )
+    return SttUsage(event_id, source, subject, when, job_id, seconds)
+
+
+_Decoder = Callable[[str, str, str, datetime | None, dict[str, Any]], UsageEvent]
+_DECODERS: dict[str, _Decoder] = {
+    "usage.call": _call,
+    "usage.tollfree": _tollfree,
+    "usage.sms": _sms,
+    "usage.stt": _stt,
+}
+EVENT_TYPES: frozenset[str] = frozenset(_DECODERS)
+
+
+def decode_usage_event(raw: bytes | bytearray | memoryview | str) -> UsageEvent:
+    """Decode one CloudEvents 1.0 structured-JSON usage event, or raise ``InvalidEvent``.
+
+    Codes: ``invalid_json`` (not JSON), ``unknown_type`` (a ``type`` this engine
+    does not rate) and ``invalid_event`` (any other violation, naming the field).
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}", code="invalid_json") from exc
+    if type(obj) is not dict:
+        raise _invalid("event must be a JSON object")
+    if obj.get("specversion") != "1.0":
+        raise _invalid('specversion: must be "1.0"')
+    event_id, source, subject = obj.get("id"), obj.get("source"), obj.get("subject")
+    if not (
+        type(event_id) is str
+        and event_id
+        and type(source) is str
+        and source
+        and type(subject) is str
+        and subject
+    ):
+        event_id, source, subject = (_text(obj, key, "") for key in ("id", "source", "subject"))
+    if (len(event_id) > MAX_KEY_LENGTH or len(source) > MAX_KEY_LENGTH
+            or len(subject) > MAX_KEY_LENGTH
+            or "\x00" in event_id or "\x00" in source or "\x00" in subject):
+        _check_keys(event_id, source, subject)
+    event_type = obj.get("type")
+    decoder = _DECODERS.get(event_type) if type(event_type) is str else None
+    if decoder is None:
+        if type(event_type) is not str or not event_type:
+            _text(obj, "type", "")
+        raise InvalidEvent(f"type: unknown event type {event_type!r}", code="unknown_type")
+    data = obj.get("data")
+    if type(data) is not dict:
+        raise _invalid("data: must be a JSON object")
+    when = obj.get("time")
+    if when is not None:
+        when = _time(when)
+    return decoder(event_id, source, subject, when, data)

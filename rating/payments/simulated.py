@@ -1,0 +1,141 @@
+"""The simulated card processor: deterministic outcomes chosen by a spec string.
+
+Chosen explicitly (``RATING_PAYMENT_SIMULATION``), never by default in production.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from rating.core.errors import (
+    IdempotencyConflict,
+    PaymentUnavailable,
+    UnknownPayment,
+)
+from rating.payments.provider import ChargeRequest, PaymentResult, PaymentStatus
+
+SimulatedMode = Literal["succeed", "decline", "delay", "unavailable"]
+
+
+@dataclass(slots=True)
+class SimulatedPayment:
+    """One distinct payment the simulated provider made (one per idempotency key)."""
+
+    payment_id: str
+    idempotency_key: str
+    account_id: str
+    amount: int
+    currency: str
+    status: PaymentStatus
+    reason: str | None
+    settles_at: float | None  # monotonic time a pending payment succeeds
+
+
+@dataclass(frozen=True, slots=True)
+class _Behaviour:
+    mode: SimulatedMode
+    delay_s: float = 0.0
+
+
+def _parse_spec(spec: str) -> _Behaviour:
+    text = spec.strip()
+    if text == "succeed":
+        return _Behaviour("succeed")
+    if text == "decline":
+        return _Behaviour("decline")
+    if text == "unavailable":
+        return _Behaviour("unavailable")
+    head, sep, tail = text.partition(":")
+    if head == "delay" and sep:
+        try:
+            delay = float(tail)
+        except ValueError:
+            delay = -1.0
+        if 0 <= delay < float("inf"):
+            return _Behaviour("delay", delay)
+    raise ValueError(
+        f"expected 'succeed', 'decline', 'unavailable' or 'delay:SECONDS', got {spec!r}")
+
+
+class SimulatedProvider:
+    """A provider in memory: succeeds, declines, or settles after a delay, as told.
+
+    Behaviour is global (``set_behaviour(spec)``) or per account
+    (``set_behaviour(spec, account_id=...)``) and applies to charges made after it
+    is set. ``payments`` logs every distinct payment, in order; ``charge_calls``
+    counts every call, repeated keys included.
+    """
+
+    def __init__(self, spec: str = "succeed", *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._default = _parse_spec(spec)
+        self._per_account: dict[str, _Behaviour] = {}
+        self._by_key: dict[str, SimulatedPayment] = {}
+        self._by_id: dict[str, SimulatedPayment] = {}
+        self._clock = clock
+        self.payments: list[SimulatedPayment] = []
+        self.charge_calls = 0
+
+    @classmethod
+    def from_spec(cls, spec: str) -> SimulatedProvider:
+        """``"succeed"``, ``"decline"``, ``"unavailable"`` or ``"delay:SECONDS"``."""
+        return cls(spec)
+
+    def set_behaviour(self, spec: str, *, account_id: str | None = None) -> None:
+        behaviour = _parse_spec(spec)
+        if account_id is None:
+            self._default = behaviour
+        else:
+            self._per_account[account_id] = behaviour
+
+    def captured(self, account_id: str | None = None) -> list[SimulatedPayment]:
+        """Payments that took money (succeeded), optionally of one account."""
+        return [p for p in self.payments if p.status == "succeeded"
+                and (account_id is None or p.account_id == account_id)]
+
+    async def charge(self, request: ChargeRequest) -> PaymentResult:
+        self.charge_calls += 1
+        if request.amount <= 0:
+            raise ValueError("a charge must be positive")
+        known = self._by_key.get(request.idempotency_key)
+        if known is not None:
+            if (known.account_id, known.amount, known.currency) != (
+                    request.account_id, request.amount, request.currency):
+                raise IdempotencyConflict("idempotency key reused with different parameters",
+                                     code="idempotency_conflict")
+            return self._result(known)
+        behaviour = self._per_account.get(request.account_id, self._default)
+        if behaviour.mode == "unavailable":
+            raise PaymentUnavailable("simulated payment provider is unavailable")
+        status: PaymentStatus = "pending"
+        if behaviour.mode == "succeed":
+            status = "succeeded"
+        elif behaviour.mode == "decline":
+            status = "declined"
+        payment = SimulatedPayment(
+            payment_id=f"simpay_{len(self.payments) + 1:06d}",
+            idempotency_key=request.idempotency_key, account_id=request.account_id,
+            amount=request.amount, currency=request.currency,
+            status=status,
+            reason="card_declined" if behaviour.mode == "decline" else None,
+            settles_at=(self._clock() + behaviour.delay_s
+                        if behaviour.mode == "delay" else None))
+        self.payments.append(payment)
+        self._by_key[payment.idempotency_key] = payment
+        self._by_id[payment.payment_id] = payment
+        return self._result(payment)
+
+    async def status(self, payment_id: str) -> PaymentResult:
+        payment = self._by_id.get(payment_id)
+        if payment is None:
+            raise UnknownPayment(f"unknown payment {payment_id!r}")
+        return self._result(payment)
+
+    def _result(self, payment: SimulatedPayment) -> PaymentResult:
+        if (payment.status == "pending" and payment.settles_at is not None
+                and self._clock() >= payment.settles_at):
+            payment.status = "succeeded"
+        return PaymentResult(payment.status, payment.payment_id, payment.reason)

@@ -1,0 +1,1 @@
+"""PostgreSQL: connection, migrations, accounts, the ledger and its debit, outbox, recharges."""

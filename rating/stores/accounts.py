@@ -1,0 +1,302 @@
+"""Accounts in PostgreSQL: creation, settings, and every credit (top-up, recharge, adjustment).
+
+Every balance change goes through ``credit`` or the usage batch writer: each
+writes a ledger row keyed by what caused it, so a retry changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import asyncpg
+
+from rating.core.errors import (
+    AccountExists,
+    IdempotencyConflict,
+    InvalidRequest,
+    UnknownAccount,
+)
+from rating.core.money import format_amount
+from rating.stores.db import Connection
+from rating.stores.outbox import BalanceChange, OutboxEvent, crossing_events, insert_events
+from rating.stores.recharge_requests import request_recharge
+
+SttBilling = Literal["credit", "invoice"]
+CreditKind = Literal["topup", "recharge", "adjustment"]
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    plan_id: str
+    currency: str
+    balance: int
+    opening_balance: int
+    low_balance_threshold: int
+    auto_recharge_enabled: bool
+    auto_recharge_amount: int | None
+    stt_billing: SttBilling
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> Account:
+        return cls(
+            id=r["id"], plan_id=r["plan_id"], currency=r["currency"], balance=r["balance"],
+            opening_balance=r["opening_balance"], low_balance_threshold=r["low_balance_threshold"],
+            auto_recharge_enabled=r["auto_recharge_enabled"],
+            auto_recharge_amount=r["auto_recharge_amount"], stt_billing=r["stt_billing"],
+            version=r["version"], created_at=r["created_at"], updated_at=r["updated_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewAccount:
+    id: str
+    plan_id: str
+    currency: str
+    balance: int = 0
+    low_balance_threshold: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CreditResult:
+    account: Account
+    applied: bool  # False when the same key had already been credited
+    entry_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    entry_id: int
+    kind: str
+    service: str | None
+    event_source: str
+    event_id: str
+    amount: int
+    accrued: int
+    currency: str
+    country: str | None
+    reason: str | None
+    event_time: datetime | None
+    recorded_at: datetime
+
+
+_ACCOUNT_COLUMNS = (
+    "id, plan_id, currency, balance, opening_balance, low_balance_threshold,"
+    " auto_recharge_enabled, auto_recharge_amount, stt_billing, version, created_at, updated_at"
+)
+
+
+# The settings change and, in the same statement, whether it started "on and below the
+# threshold" (it was not so before); the version counts it as a change of the account.
+_TURN_AUTO_RECHARGE_ON = f"""
+WITH before AS (
+    SELECT id AS account_id, auto_recharge_enabled AND balance < low_balance_threshold AS due
+    FROM accounts WHERE id = $1 FOR UPDATE)
+UPDATE accounts
+SET auto_recharge_enabled = true, auto_recharge_amount = $2, low_balance_threshold = $3,
+    version = version + 1, updated_at = now()
+FROM before
+WHERE id = before.account_id
+RETURNING {_ACCOUNT_COLUMNS}, NOT before.due AND balance < $3 AS recharge_now
+"""
+
+
+class AccountStore:
+    """Account operations over an asyncpg pool; the pool's lifecycle is the caller's."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(self, new: NewAccount) -> Account:
+        if not new.id:
+            raise InvalidRequest("account id must not be empty", code="invalid_account")
+        row = await self._pool.fetchrow(
+            f"""
+            INSERT INTO accounts (id, plan_id, currency, opening_balance, balance,
+                                  low_balance_threshold)
+            VALUES ($1, $2, $3, $4, $4, $5)
+            ON CONFLICT (id) DO NOTHING
+            RETURNING {_ACCOUNT_COLUMNS}
+            """,
+            new.id, new.plan_id, new.currency, new.balance, new.low_balance_threshold)
+        if row is None:
+            raise AccountExists(f"account {new.id!r} already exists")
+        return Account.from_record(row)
+
+    async def create_many(self, accounts: Iterable[NewAccount]) -> tuple[int, int]:
+        """Create accounts whose id is new; existing ones stay untouched. -> (created, existing)."""
+        batch = list(accounts)
+        if not batch:
+            return 0, 0
+        created = await self._pool.fetchval(
+            """
+            WITH ins AS (
+                INSERT INTO accounts (id, plan_id, currency, opening_balance, balance,
+                                      low_balance_threshold)
+                SELECT id, plan_id, currency, balance, balance, threshold
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+                     AS t(id, plan_id, currency, balance, threshold)
+                ON CONFLICT (id) DO NOTHING
+                RETURNING 1)
+            SELECT count(*) FROM ins
+            """,
+            [a.id for a in batch], [a.plan_id for a in batch], [a.currency for a in batch],
+            [a.balance for a in batch], [a.low_balance_threshold for a in batch])
+        return int(created), len(batch) - int(created)
+
+    async def get(self, account_id: str) -> Account:
+        return await self._one(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
+
+    async def set_auto_recharge(self, account_id: str, *, amount: int | None,
+                                below: int | None) -> Account:
+        """Turn automatic recharge on (amount and threshold) or off (both None).
+
+        The recharge threshold is the account's low-balance threshold: one number
+        decides both when ``balance.low`` is announced and when the card is charged.
+        When this change is what puts the account in "on, and below the threshold"
+        (turned on, or the threshold raised, with the balance already below it), a
+        recharge is requested at once: no crossing is coming to trigger it. The
+        recharge worker sends it within a tick.
+        """
+        if amount is None:
+            return await self._one(
+                f"UPDATE accounts SET auto_recharge_enabled = false, version = version + 1,"
+                f" updated_at = now() WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}", account_id)
+        if amount <= 0 or below is None or below < 0:
+            raise InvalidRequest("auto-recharge needs amount > 0 and threshold >= 0",
+                                 code="invalid_settings")
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_TURN_AUTO_RECHARGE_ON, account_id, amount, below)
+            if row is None:
+                raise UnknownAccount(f"unknown account {account_id!r}")
+            account = Account.from_record(row)
+            if row["recharge_now"]:
+                # The version makes the id unique to this change of settings.
+                await request_recharge(
+                    conn, account_id, f"{account_id}:{account.version}:auto-recharge.on", row)
+        return account
+
+    async def set_stt_billing(self, account_id: str, mode: SttBilling) -> Account:
+        return await self._one(
+            f"UPDATE accounts SET stt_billing = $2, updated_at = now()"
+            f" WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}", account_id, mode)
+
+    async def _one(self, sql: str, account_id: str, *args: object) -> Account:
+        """The account row ``sql`` returns for ``account_id`` ($1), or ``UnknownAccount``."""
+        row = await self._pool.fetchrow(sql, account_id, *args)
+        if row is None:
+            raise UnknownAccount(f"unknown account {account_id!r}")
+        return Account.from_record(row)
+
+    async def credit(self, account_id: str, *, kind: CreditKind, source: str, key: str,
+                     amount: int, reason: str | None = None,
+                     extra_events: Iterable[OutboxEvent] = (),
+                     announce: Mapping[str, str] | None = None) -> CreditResult:
+        """Add ``amount`` (negative only for an adjustment) once per ``(source, key)``.
+
+        In the same transaction: the ledger row, the balance, the threshold crossings,
+        ``topup.credited`` for money that landed, and any ``extra_events``.
+        """
+        if kind != "adjustment" and amount <= 0:
+            raise InvalidRequest("a credit must be positive", code="invalid_amount")
+        if kind == "adjustment" and (amount == 0 or not reason):
+            raise InvalidRequest("an adjustment needs a non-zero amount and a reason",
+                                 code="invalid_amount")
+        async with self._pool.acquire() as conn, conn.transaction():
+            account_row = await conn.fetchrow(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = $1 FOR UPDATE", account_id)
+            if account_row is None:
+                raise UnknownAccount(f"unknown account {account_id!r}")
+            account = Account.from_record(account_row)
+            entry_id = await conn.fetchval(
+                """
+                INSERT INTO ledger (account_id, kind, event_source, event_id, amount, currency,
+                                    reason, event_time)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+                ON CONFLICT (event_source, event_id) DO NOTHING
+                RETURNING entry_id
+                """, account_id, kind, source, key, amount, account.currency, reason)
+            if entry_id is None:
+                return await self._replayed(conn, account, kind, source, key, amount)
+            row = await conn.fetchrow(
+                f"UPDATE accounts SET balance = balance + $2, version = version + 1,"
+                f" updated_at = now() WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}",
+                account_id, amount)
+            assert row is not None  # locked above, so it still exists
+            after = Account.from_record(row)
+            change = BalanceChange(account_id, account.balance, after.balance,
+                                   after.low_balance_threshold, after.currency, after.version)
+            events = list(extra_events)
+            if kind in ("topup", "recharge"):
+                events.append(OutboxEvent(
+                    f"{account_id}:{after.version}:topup.credited", "topup.credited", account_id,
+                    after.balance, after.low_balance_threshold, after.currency,
+                    {"amount": format_amount(amount), "kind": kind, **(announce or {})}))
+            events += crossing_events(change)
+            await insert_events(conn, events)
+            return CreditResult(after, True, int(entry_id))
+
+    async def _replayed(self, conn: Connection, account: Account, kind: str,
+                        source: str, key: str, amount: int) -> CreditResult:
+        prior = await conn.fetchrow(
+            "SELECT entry_id, account_id, kind, amount FROM ledger"
+            " WHERE event_source = $1 AND event_id = $2", source, key)
+        if (prior is None or prior["account_id"] != account.id or prior["kind"] != kind
+                or prior["amount"] != amount):
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was already used for a different request")
+        return CreditResult(account, False, int(prior["entry_id"]))
+
+    async def recent_ledger(self, account_id: str, limit: int = 50,
+                            before_entry: int | None = None) -> list[LedgerEntry]:
+        rows = await self._pool.fetch(
+            """
+            SELECT entry_id, kind, service, event_source, event_id, amount, accrued, currency,
+                   country, reason, event_time, recorded_at
+            FROM ledger WHERE account_id = $1 AND ($3::bigint IS NULL OR entry_id < $3)
+            ORDER BY entry_id DESC LIMIT $2
+            """, account_id, limit, before_entry)
+        return [LedgerEntry(**dict(r)) for r in rows]
+
+    async def usage_by_service(self, account_id: str,
+                               since: datetime | None = None) -> dict[str, tuple[int, int, int]]:
+        """service -> (debited from credit, accrued on the invoice, events), all >= 0."""
+        rows = await self._pool.fetch(
+            """
+            SELECT service, -sum(amount)::bigint AS debited, sum(accrued)::bigint AS accrued,
+                   count(*) AS events
+            FROM ledger
+            WHERE account_id = $1 AND kind IN ('usage', 'invoice')
+              AND ($2::timestamptz IS NULL OR recorded_at >= $2)
+            GROUP BY service
+            """, account_id, since)
+        return {r["service"]: (r["debited"], r["accrued"], r["events"]) for r in rows}
+
+
+
+def account_json(account: Account) -> dict[str, object]:
+    """The public JSON shape of an account (CLI ``accounts show`` and the API)."""
+    return {
+        "id": account.id,
+        "plan": account.plan_id,
+        "currency": account.currency,
+        "balance": format_amount(account.balance),
+        "low_balance_threshold": format_amount(account.low_balance_threshold),
+        "auto_recharge": {
+            "enabled": account.auto_recharge_enabled,
+            "amount": (None if account.auto_recharge_amount is None
+                       else format_amount(account.auto_recharge_amount)),
+            "below": format_amount(account.low_balance_threshold),
+        },
+        "stt_billing": account.stt_billing,
+        "opening_balance": format_amount(account.opening_balance),
+        "created_at": account.created_at.isoformat(),
+        "updated_at": account.updated_at.isoformat(),
+    }

@@ -1,0 +1,228 @@
+"""The usage write path: a whole rated batch debited in one PostgreSQL transaction.
+
+Per batch: lock the accounts in sorted id order (so concurrent writers never
+deadlock), insert every ledger row, unique on the event key (a redelivered event
+changes nothing: see ``_APPLY_REDELIVERED``), add each account's sum of the rows
+actually inserted to its balance, and write the threshold crossings to the outbox
+— all in one statement, its own transaction, which commits before any Kafka offset
+does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import orjson
+
+from rating.core.rate import Charge
+from rating.stores.accounts import SttBilling
+from rating.stores.db import Connection
+from rating.stores.outbox import OutboxEvent
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    """What rating needs to know of an account."""
+
+    plan_id: str
+    currency: str
+    stt_billing: SttBilling
+
+
+@dataclass(frozen=True, slots=True)
+class RatedUsage:
+    charge: Charge
+    event_time: datetime
+    on_invoice: bool  # speech-to-text billed on the monthly invoice, not from credit
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    """What one batch wrote for a (service, currency, kind): kind is usage or invoice."""
+
+    service: str
+    currency: str
+    kind: str
+    events: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    applied: int
+    duplicates: int
+    announced: list[OutboxEvent]
+    totals: list[UsageTotal]
+
+
+async def lookup_accounts(conn: Connection,
+                          account_ids: Sequence[str]) -> dict[str, AccountInfo]:
+    rows = await conn.fetch(
+        "SELECT id, plan_id, currency, stt_billing FROM accounts WHERE id = ANY($1::text[])",
+        list(account_ids))
+    return {r["id"]: AccountInfo(r["plan_id"], r["currency"], r["stt_billing"]) for r in rows}
+
+
+# The whole debit is ONE statement, run on its own (an implicit transaction: one
+# round trip, where BEGIN, lock, apply, outbox and COMMIT took four or five).
+#
+# The batch arrives as ONE json parameter (an array of row objects): orjson writes it
+# in C, where binding ten typed arrays cost the engine more CPU than anything but
+# decoding (asyncpg checks every array element in Python). json_to_recordset reads it
+# back as typed columns (s source, i id, a account, p price, v on invoice, k service,
+# c country, l plan, u currency, t time); amounts are JSON integers, read exactly as
+# bigint. $2 is the batch's account ids, sorted.
+#
+# Lock order: ``locked`` takes the accounts' row locks in id order, so that
+# concurrent writers never deadlock. The UPDATE joins ``lock_count``, an aggregate
+# over ``locked``: a join emits no row before it has a row from each side, and the
+# aggregate has none before it has read (and so locked) every row of ``locked``,
+# so no account is updated before all of them are locked.
+_INPUT = """
+WITH input AS (
+    SELECT s AS event_source, i AS event_id, a AS account_id,
+           CASE WHEN v THEN 'invoice' ELSE 'usage' END AS kind,
+           CASE WHEN v THEN 0 ELSE -p END AS amount,
+           CASE WHEN v THEN p ELSE 0 END AS accrued,
+           k AS service, c AS country, l AS plan_id, u AS currency, t AS event_time
+    FROM json_to_recordset($1::json)
+        AS r(s text, i text, a text, p bigint, v bool, k text, c text, l text, u text,
+             t timestamptz)
+), locked AS (
+    SELECT id FROM accounts WHERE id = ANY($2::text[]) ORDER BY id FOR UPDATE
+), lock_count AS (
+    SELECT count(*) AS n FROM locked
+), inserted AS (
+    INSERT INTO ledger (event_source, event_id, account_id, kind, amount, accrued, service,
+                        country, plan_id, currency, event_time)
+    SELECT * FROM input
+"""
+
+# Which balance events a change announces: the rule of rating.core.thresholds, in SQL (a
+# test runs both on the same values). before, after and threshold are the columns
+# of the row it is joined to, laterally.
+CROSSINGS_SQL = """(VALUES
+        (1, 'balance.low', after < before AND before >= threshold AND threshold > after),
+        (2, 'balance.exhausted', after < before AND before > 0 AND 0 >= after),
+        (3, 'balance.recovered', after > before AND before < threshold AND threshold <= after)
+    ) AS crossing(rank, type, crossed)"""
+
+_SUMS = """
+    RETURNING account_id, amount, accrued, service, currency, kind
+), sums AS (
+    SELECT account_id, sum(amount)::bigint AS total FROM inserted GROUP BY account_id
+), updated AS (
+    UPDATE accounts a
+    SET balance = a.balance + s.total, version = a.version + 1, updated_at = now()
+    FROM sums s, lock_count
+    WHERE a.id = s.account_id AND s.total <> 0 AND lock_count.n >= 0{by_key}
+    RETURNING a.id, a.balance - s.total AS before, a.balance AS after,
+              a.low_balance_threshold AS threshold, a.currency, a.version
+), announced AS (
+    INSERT INTO outbox (event_id, type, account_id, balance, threshold, currency)
+    SELECT u.id || ':' || u.version || ':' || crossing.type, crossing.type, u.id, u.after,
+           u.threshold, u.currency
+    FROM updated u, LATERAL """ + CROSSINGS_SQL + """
+    WHERE crossing.crossed
+    ORDER BY u.id, crossing.rank  -- outbox order: low before exhausted, as announced
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id, type, account_id, balance, threshold, currency
+)
+SELECT event_id, type, account_id, balance AS amount, threshold, currency::text,
+       NULL::text AS service, NULL::text AS kind, NULL::bigint AS events
+FROM announced
+UNION ALL
+SELECT NULL, NULL, NULL, sum(accrued - amount)::bigint, NULL, currency::text, service, kind,
+       count(*)
+FROM inserted GROUP BY currency, service, kind
+"""
+
+# Almost every batch is new: a plain INSERT skips the speculative-insertion work of
+# ON CONFLICT (about an eighth of the statement). A batch holding an event the ledger
+# has already (a redelivery) fails on the unique key instead, which undoes all of it,
+# and it runs again with ON CONFLICT DO NOTHING, which skips those.
+_ON_CONFLICT = "    ON CONFLICT (event_source, event_id) DO NOTHING"
+# The planner takes json_to_recordset for 100 rows whatever the batch, so with a
+# table of a few thousand accounts it reads all of them to update a few (2.3 ms for
+# a 45-event batch, 0.9 ms by key). A batch touching at most _BY_KEY_MAX_ACCOUNTS
+# accounts names them ($2) as the UPDATE's index condition; a larger one is left to
+# the planner, which is the faster way there (measured at 1 000 and 3 000 events on
+# 10 000 accounts).
+_BY_KEY = " AND a.id = ANY($2::text[])"
+_BY_KEY_MAX_ACCOUNTS = 1_000
+_APPLY_NEW = _INPUT + _SUMS.format(by_key="")
+_APPLY_REDELIVERED = _INPUT + _ON_CONFLICT + _SUMS.format(by_key="")
+_APPLY_NEW_BY_KEY = _INPUT + _SUMS.format(by_key=_BY_KEY)
+_APPLY_REDELIVERED_BY_KEY = _INPUT + _ON_CONFLICT + _SUMS.format(by_key=_BY_KEY)
+_EVENT_KEY = "ledger_event_source_event_id_key"
+
+
+def debit_rows(batch: Sequence[RatedUsage]) -> list[dict[str, object]]:
+    """The rows of ``batch`` for the debit statement's json parameter."""
+    # One-letter keys (named in _INPUT) keep a 10 000-event batch near 1.5 MB
+    # rather than 2.5 MB: sending it is copied a chunk at a time by the transport.
+    return [
+        {"s": c.source, "i": c.event_id, "a": c.account_id, "p": c.amount,
+         "v": u.on_invoice, "k": c.service, "c": c.country, "l": c.plan_id,
+         "u": c.currency, "t": u.event_time}
+        for u in batch for c in (u.charge,)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class DebitBatch:
+    """A rated batch with its statement parameter encoded, ready to debit.
+
+    Encoding is CPU work: the usage consumer does it while the previous batch's
+    debit is in flight, so the database is never kept waiting for it.
+    """
+
+    usage: Sequence[RatedUsage]
+    rows_json: str
+    account_ids: list[str]  # sorted: the order their rows are locked in
+
+    @classmethod
+    def of(cls, usage: Sequence[RatedUsage],
+           rows: list[dict[str, object]] | None = None) -> DebitBatch:
+        """``rows``, when given, must be ``debit_rows(usage)`` (built a slice at a time)."""
+        return cls(usage, orjson.dumps(debit_rows(usage) if rows is None else rows).decode(),
+                   sorted({u.charge.account_id for u in usage}))
+
+
+async def apply_usage(conn: Connection, batch: Sequence[RatedUsage] | DebitBatch) -> BatchResult:
+    """Debit ``batch`` exactly once, all or nothing: one statement.
+
+    On its own the statement is its own transaction; inside a caller's transaction
+    it runs in a savepoint of it.
+    """
+    debit = batch if isinstance(batch, DebitBatch) else DebitBatch.of(batch)
+    if not debit.usage:
+        return BatchResult(0, 0, [], [])
+    if len(debit.account_ids) <= _BY_KEY_MAX_ACCOUNTS:
+        new, redelivered = _APPLY_NEW_BY_KEY, _APPLY_REDELIVERED_BY_KEY
+    else:
+        new, redelivered = _APPLY_NEW, _APPLY_REDELIVERED
+    try:
+        return await _apply(conn, debit, new)
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != _EVENT_KEY:
+            raise
+    return await _apply(conn, debit, redelivered)
+
+
+async def _apply(conn: Connection, debit: DebitBatch, statement: str) -> BatchResult:
+    if conn.is_in_transaction():
+        async with conn.transaction():  # a savepoint: a failure undoes only this
+            rows = await conn.fetch(statement, debit.rows_json, debit.account_ids)
+    else:
+        rows = await conn.fetch(statement, debit.rows_json, debit.account_ids)
+    totals = [UsageTotal(r["service"], r["currency"], r["kind"], r["events"], r["amount"])
+              for r in rows if r["event_id"] is None]
+    announced = [OutboxEvent(r["event_id"], r["type"], r["account_id"], r["amount"],
+                             r["threshold"], r["currency"])
+                 for r in rows if r["event_id"] is not None]
+    applied = sum(t.events for t in totals)
+    return BatchResult(applied, len(debit.usage) - applied, announced, totals)

@@ -1,0 +1,147 @@
+"""One-time top-ups: the card is charged first, credit follows only for money actually
+taken, and each payment is credited exactly once per ``(account, idempotency key)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import asyncpg
+
+from rating.core.errors import (
+    IdempotencyConflict,
+    InvalidRequest,
+    PaymentDeclined,
+    PaymentUnavailable,
+)
+from rating.payments.provider import ChargeRequest, PaymentProvider, PaymentResult
+from rating.stores.accounts import Account, AccountStore
+from rating.stores.recharges import RechargePolicy
+
+log = logging.getLogger(__name__)
+
+
+TopupStatus = Literal["succeeded", "pending"]
+
+
+@dataclass(frozen=True, slots=True)
+class TopupResult:
+    status: TopupStatus  # a decline raises PaymentDeclined instead
+    account: Account
+    credited: bool  # this call credited the account (False: pending, or a replay)
+    replay: bool  # the idempotency key had been seen before
+    payment_id: str | None
+
+
+class TopupService:
+    """One-time top-ups: charge the card, credit once per ``(account, idempotency key)``."""
+
+    def __init__(self, pool: asyncpg.Pool, provider: PaymentProvider,
+                 policy: RechargePolicy | None = None) -> None:
+        self._pool = pool
+        self._store = AccountStore(pool)
+        self._provider = provider
+        self.policy = policy or RechargePolicy()
+
+    async def topup(self, account_id: str, amount: int, idempotency_key: str) -> TopupResult:
+        """Raises ``PaymentDeclined``, ``PaymentUnavailable`` (ask again with the same key),
+        ``IdempotencyConflict`` (key reused for another amount) or ``UnknownAccount``."""
+        if amount <= 0:
+            raise InvalidRequest("a top-up must be positive", code="invalid_amount")
+        if not idempotency_key:
+            raise InvalidRequest("an idempotency key is required",
+                                 code="invalid_idempotency_key")
+        account = await self._store.get(account_id)
+        key = f"{account_id}/{idempotency_key}"
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                "INSERT INTO topup_payments (account_id, idempotency_key, amount, currency,"
+                " next_check_at) VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))"
+                " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING id",
+                account_id, idempotency_key, amount, account.currency,
+                float(self.policy.answer_timeout_s))
+            prior = None if inserted else await conn.fetchrow(
+                "SELECT amount, status, reason FROM topup_payments"
+                " WHERE account_id = $1 AND idempotency_key = $2", account_id, idempotency_key)
+            # A key credited before payments were recorded is a replay, never a new charge.
+            credited_amount = await conn.fetchval(
+                "SELECT amount FROM ledger WHERE event_source = 'topup' AND event_id = $1", key)
+        if (prior is not None and prior["amount"] != amount) or (
+                credited_amount is not None and credited_amount != amount):
+            raise IdempotencyConflict(
+                f"idempotency key {idempotency_key!r} was already used for a different amount")
+        if prior is not None and prior["status"] == "declined":
+            raise PaymentDeclined(f"payment declined: {prior['reason'] or 'declined'}")
+        if credited_amount is not None:
+            return TopupResult("succeeded", account, False, True, None)
+        try:
+            result = await self._provider.charge(
+                ChargeRequest(account_id, amount, account.currency, f"topup/{key}"))
+        except PaymentDeclined:
+            raise
+        except Exception as exc:
+            raise PaymentUnavailable(
+                f"payment provider unavailable ({type(exc).__name__}); retry with the same"
+                " idempotency key") from exc
+        outcome = await self._record(account_id, idempotency_key, amount, result)
+        if outcome is None:
+            raise PaymentDeclined(f"payment declined: {result.reason or 'declined'}")
+        return TopupResult(outcome[0], outcome[1] or account, outcome[2], prior is not None,
+                           result.payment_id)
+
+    async def settle_pending(self) -> int:
+        """Ask about top-ups left pending or unanswered; return how many settled now."""
+        rows = await self._pool.fetch(
+            """
+            UPDATE topup_payments SET next_check_at = now() + make_interval(secs => $2),
+                                      updated_at = now()
+            WHERE id IN (SELECT id FROM topup_payments
+                         WHERE status IN ('requested', 'pending') AND next_check_at <= now()
+                         ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+            RETURNING account_id, idempotency_key, amount, currency::text AS currency, status,
+                      payment_id
+            """, self.policy.batch, float(self.policy.settle_poll_s))
+        settled = 0
+        for r in rows:
+            try:
+                if r["status"] == "pending" and r["payment_id"] is not None:
+                    result = await self._provider.status(r["payment_id"])
+                else:
+                    result = await self._provider.charge(ChargeRequest(
+                        r["account_id"], r["amount"], r["currency"],
+                        f"topup/{r['account_id']}/{r['idempotency_key']}"))
+            except Exception as exc:  # asked again at the next poll
+                log.warning("payment provider failed settling top-up %s/%s (%s: %s)",
+                            r["account_id"], r["idempotency_key"], type(exc).__name__, exc)
+                continue
+            outcome = await self._record(r["account_id"], r["idempotency_key"], r["amount"],
+                                         result)
+            settled += outcome is None or outcome[0] == "succeeded"
+        return settled
+
+    async def _record(self, account_id: str, idempotency_key: str, amount: int,
+                      result: PaymentResult) -> tuple[TopupStatus, Account | None, bool] | None:
+        """Record the provider's answer; None for a decline."""
+        where = " WHERE account_id = $1 AND idempotency_key = $2 AND status <> 'succeeded'"
+        if result.status == "succeeded":
+            credit = await self._store.credit(
+                account_id, kind="topup", source="topup", key=f"{account_id}/{idempotency_key}",
+                amount=amount, announce={"payment_id": result.payment_id})
+            await self._pool.execute(
+                "UPDATE topup_payments SET status = 'succeeded', payment_id = $3,"
+                " next_check_at = NULL, updated_at = now()" + where,
+                account_id, idempotency_key, result.payment_id)
+            return "succeeded", credit.account, credit.applied
+        if result.status == "pending":
+            await self._pool.execute(
+                "UPDATE topup_payments SET status = 'pending', payment_id = $3,"
+                " next_check_at = now() + make_interval(secs => $4), updated_at = now()" + where,
+                account_id, idempotency_key, result.payment_id, float(self.policy.settle_poll_s))
+            return "pending", None, False
+        await self._pool.execute(
+            "UPDATE topup_payments SET status = 'declined', payment_id = $3, reason = $4,"
+            " next_check_at = NULL, updated_at = now()" + where,
+            account_id, idempotency_key, result.payment_id, result.reason or "declined")
+        return None

@@ -1,0 +1,78 @@
+"""The tariff book in force, replaced whole when the files change (hot reload).
+
+Readers take ``store.book`` once per batch; a reload builds a new book aside and
+publishes it with one attribute assignment, so a batch never sees half of one
+and a bad edit never replaces a good book. Writers should still replace files by
+rename: a file caught half-written may happen to parse.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rating.core.errors import TariffError, TariffIssue
+from rating.core.tariff import TariffBook
+from rating.tariffbook.files import load_tariffs
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """``ok``: the files load; ``changed``: a new book is now in force."""
+
+    ok: bool
+    issues: list[TariffIssue] = field(default_factory=list)
+    changed: bool = False
+
+
+def fingerprint(root: Path) -> Fingerprint:
+    """``(path, mtime_ns, size)`` of every file under ``root``; cheap enough to poll."""
+    entries: list[tuple[str, int, int]] = []
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:  # removed while walking: the next poll sees it
+                continue
+            entries.append((path, stat.st_mtime_ns, stat.st_size))
+    entries.sort()
+    return tuple(entries)
+
+
+class TariffStore:
+    """Holds the current ``TariffBook`` for ``root``; the constructor loads it.
+
+    Raises ``TariffError`` when the initial load fails: the engine must not
+    start without prices.
+    """
+
+    __slots__ = ("_attempted", "book", "last_issues", "root")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._attempted = fingerprint(root)
+        self.book: TariffBook = load_tariffs(root)
+        self.last_issues: list[TariffIssue] = []
+
+    def reload(self) -> ReloadResult:
+        """Load the files again; on any issue keep the current book."""
+        # Taken before reading, so an edit landing mid-load triggers another reload.
+        self._attempted = fingerprint(self.root)
+        try:
+            book = load_tariffs(self.root)
+        except TariffError as exc:
+            self.last_issues = exc.issues
+            return ReloadResult(ok=False, issues=exc.issues, changed=False)
+        self.book = book
+        self.last_issues = []
+        return ReloadResult(ok=True, issues=[], changed=True)
+
+    def reload_if_changed(self) -> ReloadResult | None:
+        """``reload()`` if any file changed since the last attempt, else ``None``."""
+        if fingerprint(self.root) == self._attempted:
+            return None
+        return self.reload()
