@@ -11,6 +11,14 @@ import re
 MICRO = 1_000_000
 DECIMALS = 6
 
+# No balance may leave -BALANCE_BOUND..BALANCE_BOUND (10**12 units of any currency):
+# far above any real balance, and far enough below PostgreSQL's bigint (9.2 * 10**18
+# micro-units) that a balance plus a whole batch of maximal charges cannot overflow.
+BALANCE_BOUND = 10**18
+# The default largest single amount a caller may give (top-up, recharge, adjustment,
+# opening balance): 1 000 000 units. A setting may lower or raise it, never past the bound.
+DEFAULT_MAX_AMOUNT = 1_000_000 * MICRO
+
 # Anchored and ASCII-only: ``str.isdigit`` would accept other scripts' digits.
 _AMOUNT_RE = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?", re.ASCII)
 
