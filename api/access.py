@@ -17,7 +17,6 @@ not, so a session cannot enumerate accounts.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,9 +26,9 @@ from aiohttp import web
 
 from api.http_json import Handler
 from rating.core.errors import ApiError
+from rating.stores.sessions import token_digest
 
 Role = Literal["operator", "switch", "customer"]
-PRINCIPAL_KEY = "principal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +38,9 @@ class Principal:
     role: Role
     name: str
     account_id: str | None = None  # the one account of a customer session
+
+
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +68,6 @@ def requires(access: Access) -> Callable[[F], F]:
         return handler
 
     return mark
-
-
-def token_digest(token: str) -> bytes:
-    """What is stored for an issued token: never the token itself."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 def _same(given: str, expected: str | None) -> bool:
@@ -133,14 +130,15 @@ def access_control(authenticator: Authenticator) -> Callable[..., Awaitable[web.
                 return await handler(request)
             raise ApiError(403, "forbidden", "this route admits no credential")
         principal = await _authenticate(authenticator, request)
-        if principal.role not in access.roles:
-            raise ApiError(403, "forbidden", f"a {principal.role} credential may not do this")
+        request[PRINCIPAL_KEY] = principal  # also for the audit of a refused write
         if principal.role == "customer":
             asked = request.match_info.get("account_id")
-            if asked is None or asked != principal.account_id:
+            if asked is not None and asked != principal.account_id:
                 # The same answer whether or not the other account exists.
                 raise ApiError(404, "not_found", "no such account")
-        request[PRINCIPAL_KEY] = principal
+        if principal.role not in access.roles or (
+                principal.role == "customer" and "account_id" not in request.match_info):
+            raise ApiError(403, "forbidden", f"a {principal.role} credential may not do this")
         return await handler(request)
 
     return middleware

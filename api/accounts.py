@@ -7,7 +7,6 @@ Errors are ``{"error": {"code", "message"}}`` with a 4xx/5xx status (api/http_js
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from api.access import CUSTOMER, OPERATOR, SWITCH, Authenticator, access_control, requires
+from api.audit_trail import audit_writes
 from api.http_json import (
     amount_field,
     errors_as_json,
@@ -24,6 +25,7 @@ from api.http_json import (
     json_response,
     since_query,
 )
+from api.operator import OperatorRoutes
 from rating.core.errors import ApiError
 from rating.core.money import format_amount
 from rating.core.quote import authorize
@@ -34,6 +36,7 @@ from rating.stores.accounts import (
     LedgerEntry,
     account_json,
 )
+from rating.stores.sessions import SessionStore
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
 
@@ -67,24 +70,35 @@ class HttpApi:
         self._topups = topups
         self._settings = settings
         self._readiness = readiness
+        self._sessions = SessionStore(store.pool)
         self._runner: web.AppRunner | None = None
         self._closed = False
         self.port: int | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[errors_as_json], client_max_size=64 * 1024)
+        authenticator = Authenticator(operator_token=self._settings.api_token,
+                                      switch_token=self._settings.switch_token,
+                                      sessions=self._sessions.account_of)
+        app = web.Application(
+            middlewares=[audit_writes(self._store.pool), errors_as_json,
+                         access_control(authenticator)],
+            client_max_size=64 * 1024)
         account = "/v1/accounts/{account_id}"
         app.router.add_get("/healthz", self.healthz, allow_head=False)
         app.router.add_get("/readyz", self.readyz, allow_head=False)
         app.router.add_get("/openapi.json", self.openapi, allow_head=False)
-        app.router.add_get(account, self.get_account, allow_head=False)
-        app.router.add_get(f"{account}/ledger", self.ledger, allow_head=False)
-        app.router.add_get(f"{account}/usage", self.usage, allow_head=False)
-        app.router.add_get(f"{account}/authorize", self.authorize, allow_head=False)
-        app.router.add_post(f"{account}/topups", self.topup)
-        app.router.add_put(f"{account}/auto-recharge", self.auto_recharge)
-        app.router.add_put(f"{account}/stt-billing", self.stt_billing)
-        app.router.add_post(f"{account}/adjustments", self.adjust)
+        app.router.add_get(account, self.get_account, allow_head=False, name="account.read")
+        app.router.add_get(f"{account}/ledger", self.ledger, allow_head=False,
+                           name="ledger.read")
+        app.router.add_get(f"{account}/usage", self.usage, allow_head=False, name="usage.read")
+        app.router.add_get(f"{account}/authorize", self.authorize, allow_head=False,
+                           name="authorize")
+        app.router.add_post(f"{account}/topups", self.topup, name="topup")
+        app.router.add_put(f"{account}/auto-recharge", self.auto_recharge,
+                           name="auto_recharge.set")
+        app.router.add_put(f"{account}/stt-billing", self.stt_billing, name="stt_billing.set")
+        app.router.add_post(f"{account}/adjustments", self.adjust, name="adjustment")
+        OperatorRoutes(self._store, self._sessions, self._settings).add_to(app)
         return app
 
     async def start(self) -> None:
@@ -115,17 +129,6 @@ class HttpApi:
     async def __aexit__(self, *_exc: object) -> None:
         await self.close()
 
-    def _require_token(self, request: web.Request) -> None:
-        token = self._settings.api_token
-        if token is None:
-            raise ApiError(401, "unauthorized",
-                           "writes are disabled: RATING_API_TOKEN is not set")
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise ApiError(401, "unauthorized", "missing bearer token")
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise ApiError(401, "unauthorized", "invalid bearer token")
-
     # --- probes and documents ---
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -150,9 +153,11 @@ class HttpApi:
 
     # --- reads ---
 
+    @requires(CUSTOMER)
     async def get_account(self, request: web.Request) -> web.Response:
         return json_response(account_json(await self._store.get(request.match_info["account_id"])))
 
+    @requires(CUSTOMER)
     async def ledger(self, request: web.Request) -> web.Response:
         account_id = request.match_info["account_id"]
         limit = int_query(request, "limit", 50, 1, 500) or 50
@@ -163,6 +168,7 @@ class HttpApi:
             "account_id": account_id, "entries": [entry_json(e) for e in entries],
             "next_before": entries[-1].entry_id if len(entries) == limit else None})
 
+    @requires(CUSTOMER)
     async def usage(self, request: web.Request) -> web.Response:
         account_id = request.match_info["account_id"]
         since = since_query(request)
@@ -176,6 +182,7 @@ class HttpApi:
         return json_response({"account_id": account_id, "currency": account.currency,
                               "since": _iso(since), "services": services})
 
+    @requires(SWITCH)
     async def authorize(self, request: web.Request) -> web.Response:
         account = await self._store.get(request.match_info["account_id"])
         try:
@@ -186,8 +193,8 @@ class HttpApi:
 
     # --- writes ---
 
+    @requires(CUSTOMER)
     async def topup(self, request: web.Request) -> web.Response:
-        self._require_token(request)
         body = await json_body(request)
         amount = amount_field(body, "amount")
         key = self._idempotency_key(request, body)
@@ -200,8 +207,8 @@ class HttpApi:
                               "amount": format_amount(amount),
                               "account": account_json(result.account)}, status)
 
+    @requires(CUSTOMER)
     async def auto_recharge(self, request: web.Request) -> web.Response:
-        self._require_token(request)
         body = await json_body(request)
         account_id = request.match_info["account_id"]
         if not field(body, "enabled", bool):
@@ -215,16 +222,16 @@ class HttpApi:
         account = await self._store.set_auto_recharge(account_id, amount=amount, below=below)
         return json_response(account_json(account))
 
+    @requires(OPERATOR)
     async def stt_billing(self, request: web.Request) -> web.Response:
-        self._require_token(request)
         mode = field(await json_body(request), "mode", str)
         if mode not in ("credit", "invoice"):
             raise ApiError(422, "invalid_mode", "mode: expected 'credit' or 'invoice'")
         account = await self._store.set_stt_billing(request.match_info["account_id"], mode)
         return json_response(account_json(account))
 
+    @requires(OPERATOR)
     async def adjust(self, request: web.Request) -> web.Response:
-        self._require_token(request)
         body = await json_body(request)
         amount = amount_field(body, "amount")
         reason = field(body, "reason", str).strip()

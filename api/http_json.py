@@ -67,8 +67,10 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 # --- decoding request input ------------------------------------------------------------
 
-async def json_body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
     raw = await request.read()
+    if allow_empty and not raw.strip():
+        return {}
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -43,6 +43,15 @@ def _batch_size(name: str, raw: str) -> int:
     return value
 
 
+def _public_url(name: str, raw: str) -> str | None:
+    value = raw.strip().rstrip("/")
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")) or " " in value:
+        raise SettingsError(f"{name}: expected http://HOST[:PORT] or https://…, got {raw!r}")
+    return value
+
+
 def parse_bootstrap(name: str, raw: str) -> tuple[str, ...] | None:
     """``host:port[,host:port…]`` -> a tuple of ``host:port``; anything else is refused."""
     servers = []
@@ -70,7 +79,13 @@ class Settings:
     metrics_port: int = 9108
     http_port: int = 8080
     http_host: str = "0.0.0.0"
+    # Bearer tokens (CONTRACT §8): the operator may do everything; a voice switch may
+    # authorize calls and reserve credit. Unset: that credential does not exist.
     api_token: str | None = None
+    switch_token: str | None = None
+    # Where customers reach the engine, for billing links (e.g. https://billing.example.com);
+    # unset: the address the request came to (the CLI: http://127.0.0.1:HTTP_PORT).
+    public_url: str | None = None
     usage_topic: str = "usage.events"
     dlq_topic: str = "usage.events.dlq"
     balance_topic: str = "balance.events"
@@ -123,6 +138,8 @@ class Settings:
             http_port=parsed("RATING_HTTP_PORT", _port, defaults.http_port),
             http_host=text("RATING_HTTP_HOST", defaults.http_host),
             api_token=get("RATING_API_TOKEN"),
+            switch_token=get("RATING_SWITCH_TOKEN"),
+            public_url=parsed("RATING_PUBLIC_URL", _public_url, None),
             usage_topic=text("RATING_USAGE_TOPIC", defaults.usage_topic),
             dlq_topic=text("RATING_DLQ_TOPIC", defaults.dlq_topic),
             balance_topic=text("RATING_BALANCE_TOPIC", defaults.balance_topic),

@@ -113,6 +113,10 @@ class AccountStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
     async def create(self, new: NewAccount) -> Account:
         if not new.id:
             raise InvalidRequest("account id must not be empty", code="invalid_account")
