@@ -12,6 +12,7 @@ from typing import TextIO
 import asyncpg
 import orjson
 
+from commands import cli_audit
 from engine.services import database_url, migrate_database
 from rating.core.errors import CommandError, PermanentError, RequestError
 from rating.core.money import parse_amount
@@ -41,7 +42,12 @@ async def store_for(settings: Settings) -> AsyncIterator[AccountStore]:
         pool = await create_pool(dsn, max_size=2)
         try:
             await migrate_database(pool)
-            yield AccountStore(pool)
+            try:
+                yield AccountStore(pool)
+            except BaseException as exc:
+                await cli_audit.record_outcome(pool, exc)
+                raise
+            await cli_audit.record_outcome(pool, None)
         finally:
             await pool.close()
 
@@ -92,14 +98,9 @@ async def cmd_topup(settings: Settings, out: TextIO, account_id: str, amount: st
     micros = amount_arg("AMOUNT", amount)
     if micros == 0:
         raise CommandError("AMOUNT: must be greater than zero")
-    async with database_url(settings) as (dsn, _pid):
-        pool = await create_pool(dsn, max_size=2)
-        try:
-            await migrate_database(pool)
-            topups = TopupService(pool, provider or SimulatedProvider())
-            result = await topups.topup(account_id, micros, key)
-        finally:
-            await pool.close()
+    async with store_for(settings) as store:
+        topups = TopupService(store.pool, provider or SimulatedProvider())
+        result = await topups.topup(account_id, micros, key)
     body = account_json(result.account)
     body["credited"] = result.credited
     _print_json(out, body)

@@ -14,7 +14,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from commands import accounts
+from commands import accounts, cli_audit
 from commands.accounts import stderr_line
 from rating.core.errors import CommandError, RatingError
 from rating.settings import Settings, SettingsError
@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     adjust.add_argument("amount")
     adjust.add_argument("--reason", required=True)
     adjust.add_argument("--idempotency-key", required=True)
+    link = acc.add_parser("portal-link", help="a customer session's billing-page URL")
+    link.add_argument("id")
+    link.add_argument("--ttl", type=int, default=None, help="seconds (default 900)")
+
+    trail = verbs.add_parser("audit", help="the audit trail, oldest first, as JSON lines")
+    trail.add_argument("--account", default=None, help="one account's writes only")
+    trail.add_argument("--limit", type=int, default=100, help="the newest N (default 100)")
     return parser
 
 
@@ -103,13 +110,31 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, An
         from demo.simulator import simulate_command
 
         return simulate_command(settings, args)
+    if args.verb == "audit":
+        from commands.sessions import cmd_audit
+
+        return cmd_audit(settings, out, args.account, args.limit)
     return _dispatch_accounts(args, settings)
+
+
+# Account verbs that write, and the action their audit row names.
+_AUDITED = {"create": "account.create", "import": "account.import", "topup": "topup",
+            "auto-recharge": "auto_recharge.set", "stt-billing": "stt_billing.set",
+            "adjust": "adjustment", "portal-link": "session.issue"}
 
 
 def _dispatch_accounts(args: argparse.Namespace,
                        settings: Settings) -> Coroutine[Any, Any, int] | int:
     out = sys.stdout
     verb = args.accounts_verb
+    if verb in _AUDITED:
+        detail = {k: v for k, v in vars(args).items()
+                  if k not in ("verb", "accounts_verb", "verbose", "id") and v is not None}
+        cli_audit.expect_write(_AUDITED[verb], getattr(args, "id", None), **detail)
+    if verb == "portal-link":
+        from commands.sessions import cmd_portal_link
+
+        return cmd_portal_link(settings, out, args.id, args.ttl)
     if verb == "create":
         return accounts.cmd_create(settings, out, args.id, args.plan, args.balance,
                                    args.low_balance_threshold)
