@@ -369,14 +369,10 @@ def test_missing_directory_and_no_plans(tmp_path: Path) -> None:
     assert issues(tmp_path) == ["plans:0: no plan files (plans/*.toml)"]
 
 
-def test_large_deck_loads_quickly(root: Path) -> None:
-    import time
-
+def test_large_deck_loads(root: Path) -> None:
+    # How fast is for `make bench-rating` (bench/bench_rating.py), not for a timed test.
     rows = [f"GB,44{n:07d},0.0{n % 90 + 10},," for n in range(100_000)]
     write(root, "rates/p/call.csv", CALL + "\n".join(rows) + "\n")
-    started = time.perf_counter()
     book = load_tariffs(root)
-    elapsed = time.perf_counter() - started
     version = book.versions("p")[0]
     assert version.call is not None and len(version.call.by_prefix) == 100_002
-    assert elapsed < 2.0
