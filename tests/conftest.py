@@ -9,6 +9,8 @@ migrated template) and its own topic names.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +23,22 @@ from rating.settings import Settings
 from rating.stores.migrations import migrate
 
 REPO = Path(__file__).resolve().parent.parent
+_OWN_BASETEMP = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A folder of this run's own: pytest's shared numbered folders keep only the three
+    # newest, so runs side by side on one machine could delete each other's servers.
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="rating-tests-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
+
 TEMPLATE_DB = "rating_test_template"
 
 # Test servers trade durability for speed; nothing here survives a power cut anyway.
