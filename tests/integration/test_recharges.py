@@ -1,14 +1,9 @@
-"""Automatic recharges and top-ups against real PostgreSQL and broker: every payment
-credited exactly once, declines backed off, one recharge in flight per account."""
+"""Automatic recharges against real PostgreSQL and broker: every payment credited exactly
+once, declines backed off, one recharge in flight per account."""
 
 from __future__ import annotations
 
 import asyncio
-import io
-import itertools
-from collections.abc import Coroutine
-from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import orjson
@@ -16,64 +11,26 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
-from commands.accounts import cmd_topup
 from consumers.outbox_relay import OutboxRelay
 from consumers.recharge_worker import RechargeWorker, decode_balance_low
-from rating.core.errors import IdempotencyConflict, InvalidEvent, PaymentDeclined
-from rating.core.money import parse_amount
-from rating.core.rate import Charge
-from rating.payments.provider import ChargeRequest
+from rating.core.errors import InvalidEvent
 from rating.payments.simulated import SimulatedProvider
 from rating.settings import Settings
-from rating.stores.accounts import AccountStore, NewAccount
-from rating.stores.ledger import RatedUsage, apply_usage
+from rating.stores.accounts import AccountStore
 from rating.stores.recharges import RechargePolicy, RechargeService
 from rating.stores.topups import TopupService
+from tests.payments_support import (
+    EUR,
+    FAST,
+    balance,
+    credits,
+    crossings,
+    debit,
+    make_account,
+    outbox_types,
+    recharges,
+)
 from tests.support import create_topics, ledger_explains_balances, wait_until
-
-EUR = parse_amount
-FAST = RechargePolicy(retry_delays_s=(0.6, 0.6), answer_timeout_s=0.6, settle_poll_s=0.1)
-_event_ids = itertools.count(1)
-
-
-async def make_account(pool: asyncpg.Pool, account_id: str = "acct-1", balance: str = "10.00",
-                       *, recharge: str | None = "20.00", below: str = "5.00") -> None:
-    store = AccountStore(pool)
-    await store.create(NewAccount(account_id, "standard", "EUR", EUR(balance), EUR(below)))
-    if recharge is not None:
-        await store.set_auto_recharge(account_id, amount=EUR(recharge), below=EUR(below))
-
-
-async def debit(pool: asyncpg.Pool, account_id: str, amount: str) -> None:
-    """Usage debited the way the usage consumer does it."""
-    n = next(_event_ids)
-    charge = Charge(f"e{n}", "switch-test", account_id, "call", "GB", EUR(amount), "EUR",
-                    "standard")
-    async with pool.acquire() as conn, conn.transaction():
-        await apply_usage(conn, [RatedUsage(charge, datetime.now(UTC), False)])
-
-
-async def balance(pool: asyncpg.Pool, account_id: str = "acct-1") -> int:
-    value: int = await pool.fetchval("SELECT balance FROM accounts WHERE id = $1", account_id)
-    return value
-
-
-async def crossings(pool: asyncpg.Pool, account_id: str = "acct-1") -> list[str]:
-    rows = await pool.fetch("SELECT event_id FROM outbox WHERE type = 'balance.low'"
-                            " AND account_id = $1 ORDER BY seq", account_id)
-    return [r["event_id"] for r in rows]
-
-
-async def outbox_types(pool: asyncpg.Pool, account_id: str = "acct-1") -> list[str]:
-    rows = await pool.fetch("SELECT type FROM outbox WHERE account_id = $1 ORDER BY seq",
-                            account_id)
-    return [r["type"] for r in rows]
-
-
-async def credits(pool: asyncpg.Pool, kind: str, account_id: str = "acct-1") -> list[int]:
-    rows = await pool.fetch("SELECT amount FROM ledger WHERE account_id = $1 AND kind = $2"
-                            " ORDER BY entry_id", account_id, kind)
-    return [r["amount"] for r in rows]
 
 
 async def test_a_crossing_delivered_three_times_charges_and_credits_once(
@@ -119,12 +76,6 @@ async def test_no_recharge_when_off_or_already_recovered(pool: asyncpg.Pool) -> 
         == "not_below"
     assert await service.on_balance_low("nobody", "nobody:1:balance.low") == "unknown_account"
     assert provider.payments == []
-
-
-async def recharges(pool: asyncpg.Pool, account_id: str = "acct-1") -> list[tuple[str, str]]:
-    rows = await pool.fetch("SELECT crossing_id, status FROM recharges WHERE account_id = $1"
-                            " ORDER BY id", account_id)
-    return [(r["crossing_id"], r["status"]) for r in rows]
 
 
 async def test_turning_auto_recharge_on_below_the_threshold_recharges_at_once(
@@ -334,77 +285,6 @@ async def test_one_recharge_in_flight_per_account(pool: asyncpg.Pool) -> None:
             " VALUES ('forced', 'acct-1', 1, 'EUR', now())")
 
 
-async def test_topups_credit_only_paid_money_once_per_key(pool: asyncpg.Pool) -> None:
-    await make_account(pool, recharge=None)
-    provider = SimulatedProvider()
-    topups = TopupService(pool, provider, FAST)
-
-    first = await topups.topup("acct-1", EUR("7.50"), "k1")
-    replay = await topups.topup("acct-1", EUR("7.50"), "k1")
-    with pytest.raises(IdempotencyConflict):
-        await topups.topup("acct-1", EUR("8.00"), "k1")
-    provider.set_behaviour("decline")
-    with pytest.raises(PaymentDeclined) as declined:
-        await topups.topup("acct-1", EUR("1.00"), "k2")
-
-    assert (first.status, first.credited, first.replay) == ("succeeded", True, False)
-    assert (replay.status, replay.credited, replay.replay) == ("succeeded", False, True)
-    assert declined.value.code == "payment_declined"
-    assert [p.amount for p in provider.captured()] == [EUR("7.50")]
-    assert len(provider.payments) == 2
-    assert await credits(pool, "topup") == [EUR("7.50")]
-    assert await balance(pool) == EUR("17.50")
-
-
-async def test_a_pending_topup_is_credited_by_the_settle_poll(pool: asyncpg.Pool) -> None:
-    await make_account(pool, recharge=None)
-    provider = SimulatedProvider("delay:0.5")
-    topups = TopupService(pool, provider, FAST)
-
-    pending = await topups.topup("acct-1", EUR("5.00"), "slow")
-    assert (pending.status, pending.credited) == ("pending", False)
-    assert await topups.settle_pending() == 0
-    await asyncio.sleep(0.6)
-    assert await topups.settle_pending() == 1
-    assert await topups.settle_pending() == 0
-    replay = await topups.topup("acct-1", EUR("5.00"), "slow")
-    assert (replay.status, replay.credited) == ("succeeded", False)
-    assert await credits(pool, "topup") == [EUR("5.00")]
-    assert await balance(pool) == EUR("15.00")
-    assert len(provider.payments) == 1
-
-
-async def test_concurrent_topups_and_usage_leave_an_exact_balance(pool: asyncpg.Pool) -> None:
-    await make_account(pool, balance="100.00", recharge=None)
-    topups = TopupService(pool, SimulatedProvider(), FAST)
-    amounts = [EUR(f"{n}.{n:02d}") for n in range(1, 21)]
-    jobs: list[Coroutine[Any, Any, object]] = [
-        topups.topup("acct-1", a, f"k{i}") for i, a in enumerate(amounts)]
-    jobs += [topups.topup("acct-1", a, f"k{i}") for i, a in enumerate(amounts[:5])]  # replays
-    jobs += [debit(pool, "acct-1", "0.333333") for _ in range(60)]
-
-    await asyncio.gather(*jobs)
-
-    expected = EUR("100.00") + sum(amounts) - 60 * EUR("0.333333")
-    assert await balance(pool) == expected
-    assert await ledger_explains_balances(pool) == []
-    assert len(await credits(pool, "topup")) == 20
-
-
-async def test_simulated_provider_specs_and_deduplication() -> None:
-    assert SimulatedProvider.from_spec("delay:2.5") is not None
-    for bad in ("", "sometimes", "delay:", "delay:-1", "delay:nan", "delay:inf"):
-        with pytest.raises(ValueError):
-            SimulatedProvider.from_spec(bad)
-
-    provider = SimulatedProvider.from_spec("succeed")
-    request = ChargeRequest("a", 5, "EUR", "key-1")
-    first = await provider.charge(request)
-    assert await provider.charge(request) == first
-    assert await provider.status(first.payment_id) == first
-    assert len(provider.payments) == 1 and provider.charge_calls == 2
-
-
 def test_decoding_balance_events() -> None:
     low = orjson.dumps({"id": "a:3:balance.low", "type": "balance.low", "subject": "a",
                         "data": {"account_id": "a"}})
@@ -462,23 +342,6 @@ async def test_worker_recharges_once_across_redeliveries_and_a_restart(
     assert await credits(pool, "recharge") == [EUR("20.00")]
     assert await balance(pool) == EUR("24.00")
     assert await ledger_explains_balances(pool) == []
-
-
-async def test_cli_topup_charges_through_the_provider(settings: Settings,
-                                                      pool: asyncpg.Pool) -> None:
-    await make_account(pool, recharge=None)
-    provider = SimulatedProvider()
-    out = io.StringIO()
-    assert await cmd_topup(settings, out, "acct-1", "2.50", "cli-1", provider) == 0
-    assert await cmd_topup(settings, out, "acct-1", "2.50", "cli-1", provider) == 0
-    first, second = (orjson.loads(part + "}") for part in out.getvalue().split("\n}\n")[:2])
-    assert (first["credited"], first["balance"]) == (True, "12.500000")
-    assert (second["credited"], second["balance"]) == (False, "12.500000")
-    provider.set_behaviour("decline")
-    with pytest.raises(PaymentDeclined):
-        await cmd_topup(settings, io.StringIO(), "acct-1", "1.00", "cli-2", provider)
-    assert len(provider.captured()) == 1
-    assert await balance(pool) == EUR("12.50")
 
 
 async def test_recharges_in_flight_are_reported_until_they_settle(

@@ -1,0 +1,110 @@
+"""One-time top-ups against real PostgreSQL: only money actually paid is credited, once per
+idempotency key, whatever the provider answers and whenever."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Coroutine
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from commands.accounts import cmd_topup
+from rating.core.errors import IdempotencyConflict, PaymentDeclined
+from rating.payments.provider import ChargeRequest
+from rating.payments.simulated import SimulatedProvider
+from rating.settings import Settings
+from rating.stores.topups import TopupService
+from tests.payments_support import EUR, FAST, balance, credits, debit, make_account
+from tests.support import ledger_explains_balances
+
+
+async def test_topups_credit_only_paid_money_once_per_key(pool: asyncpg.Pool) -> None:
+    await make_account(pool, recharge=None)
+    provider = SimulatedProvider()
+    topups = TopupService(pool, provider, FAST)
+
+    first = await topups.topup("acct-1", EUR("7.50"), "k1")
+    replay = await topups.topup("acct-1", EUR("7.50"), "k1")
+    with pytest.raises(IdempotencyConflict):
+        await topups.topup("acct-1", EUR("8.00"), "k1")
+    provider.set_behaviour("decline")
+    with pytest.raises(PaymentDeclined) as declined:
+        await topups.topup("acct-1", EUR("1.00"), "k2")
+
+    assert (first.status, first.credited, first.replay) == ("succeeded", True, False)
+    assert (replay.status, replay.credited, replay.replay) == ("succeeded", False, True)
+    assert declined.value.code == "payment_declined"
+    assert [p.amount for p in provider.captured()] == [EUR("7.50")]
+    assert len(provider.payments) == 2
+    assert await credits(pool, "topup") == [EUR("7.50")]
+    assert await balance(pool) == EUR("17.50")
+
+
+async def test_a_pending_topup_is_credited_by_the_settle_poll(pool: asyncpg.Pool) -> None:
+    await make_account(pool, recharge=None)
+    provider = SimulatedProvider("delay:0.5")
+    topups = TopupService(pool, provider, FAST)
+
+    pending = await topups.topup("acct-1", EUR("5.00"), "slow")
+    assert (pending.status, pending.credited) == ("pending", False)
+    assert await topups.settle_pending() == 0
+    await asyncio.sleep(0.6)
+    assert await topups.settle_pending() == 1
+    assert await topups.settle_pending() == 0
+    replay = await topups.topup("acct-1", EUR("5.00"), "slow")
+    assert (replay.status, replay.credited) == ("succeeded", False)
+    assert await credits(pool, "topup") == [EUR("5.00")]
+    assert await balance(pool) == EUR("15.00")
+    assert len(provider.payments) == 1
+
+
+async def test_concurrent_topups_and_usage_leave_an_exact_balance(pool: asyncpg.Pool) -> None:
+    await make_account(pool, balance="100.00", recharge=None)
+    topups = TopupService(pool, SimulatedProvider(), FAST)
+    amounts = [EUR(f"{n}.{n:02d}") for n in range(1, 21)]
+    jobs: list[Coroutine[Any, Any, object]] = [
+        topups.topup("acct-1", a, f"k{i}") for i, a in enumerate(amounts)]
+    jobs += [topups.topup("acct-1", a, f"k{i}") for i, a in enumerate(amounts[:5])]  # replays
+    jobs += [debit(pool, "acct-1", "0.333333") for _ in range(60)]
+
+    await asyncio.gather(*jobs)
+
+    expected = EUR("100.00") + sum(amounts) - 60 * EUR("0.333333")
+    assert await balance(pool) == expected
+    assert await ledger_explains_balances(pool) == []
+    assert len(await credits(pool, "topup")) == 20
+
+
+async def test_simulated_provider_specs_and_deduplication() -> None:
+    assert SimulatedProvider.from_spec("delay:2.5") is not None
+    for bad in ("", "sometimes", "delay:", "delay:-1", "delay:nan", "delay:inf"):
+        with pytest.raises(ValueError):
+            SimulatedProvider.from_spec(bad)
+
+    provider = SimulatedProvider.from_spec("succeed")
+    request = ChargeRequest("a", 5, "EUR", "key-1")
+    first = await provider.charge(request)
+    assert await provider.charge(request) == first
+    assert await provider.status(first.payment_id) == first
+    assert len(provider.payments) == 1 and provider.charge_calls == 2
+
+
+async def test_cli_topup_charges_through_the_provider(settings: Settings,
+                                                      pool: asyncpg.Pool) -> None:
+    await make_account(pool, recharge=None)
+    provider = SimulatedProvider()
+    out = io.StringIO()
+    assert await cmd_topup(settings, out, "acct-1", "2.50", "cli-1", provider) == 0
+    assert await cmd_topup(settings, out, "acct-1", "2.50", "cli-1", provider) == 0
+    first, second = (orjson.loads(part + "}") for part in out.getvalue().split("\n}\n")[:2])
+    assert (first["credited"], first["balance"]) == (True, "12.500000")
+    assert (second["credited"], second["balance"]) == (False, "12.500000")
+    provider.set_behaviour("decline")
+    with pytest.raises(PaymentDeclined):
+        await cmd_topup(settings, io.StringIO(), "acct-1", "1.00", "cli-2", provider)
+    assert len(provider.captured()) == 1
+    assert await balance(pool) == EUR("12.50")
