@@ -4,6 +4,12 @@ A provider is two calls, like httpx's transport: ``charge`` and ``status``. Ever
 charge carries an idempotency key; a provider answers a repeated key with the
 payment it already made, never a second charge, so a caller that lost an answer
 (timeout, crash) asks again with the same key.
+
+A decline is soft (insufficient funds, a bank's passing refusal: worth another attempt
+later) or hard (``PaymentResult.hard``: the card is lost, stolen, expired or closed, so
+no later attempt can succeed). That flag is the whole of the interface for it, False by
+default: a provider that cannot tell declines apart leaves it unset, and then every
+decline is retried at the configured waits.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ class PaymentResult:
     status: PaymentStatus
     payment_id: str
     reason: str | None = None
+    # Only with status "declined": retrying this card is pointless (see the module docstring).
+    hard: bool = False
 
 
 class PaymentProvider(Protocol):

@@ -17,7 +17,7 @@ from rating.core.errors import (
 )
 from rating.payments.provider import ChargeRequest, PaymentResult, PaymentStatus
 
-SimulatedMode = Literal["succeed", "decline", "delay", "unavailable"]
+SimulatedMode = Literal["succeed", "decline", "hard_decline", "delay", "unavailable"]
 
 
 @dataclass(slots=True)
@@ -31,7 +31,12 @@ class SimulatedPayment:
     currency: str
     status: PaymentStatus
     reason: str | None
+    hard: bool  # a hard decline: the card can never be charged
     settles_at: float | None  # monotonic time a pending payment succeeds
+
+
+# What a decline says, as a card processor's decline code would.
+_REASONS: dict[str, str] = {"decline": "card_declined", "hard_decline": "card_closed"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,8 @@ def _parse_spec(spec: str) -> _Behaviour:
         return _Behaviour("succeed")
     if text == "decline":
         return _Behaviour("decline")
+    if text == "hard_decline":
+        return _Behaviour("hard_decline")
     if text == "unavailable":
         return _Behaviour("unavailable")
     head, sep, tail = text.partition(":")
@@ -57,11 +64,12 @@ def _parse_spec(spec: str) -> _Behaviour:
         if 0 <= delay < float("inf"):
             return _Behaviour("delay", delay)
     raise ValueError(
-        f"expected 'succeed', 'decline', 'unavailable' or 'delay:SECONDS', got {spec!r}")
+        "expected 'succeed', 'decline', 'hard_decline', 'unavailable' or 'delay:SECONDS',"
+        f" got {spec!r}")
 
 
 class SimulatedProvider:
-    """A provider in memory: succeeds, declines, or settles after a delay, as told.
+    """A provider in memory: succeeds, declines (softly or hard), or settles after a delay.
 
     Behaviour is global (``set_behaviour(spec)``) or per account
     (``set_behaviour(spec, account_id=...)``) and applies to charges made after it
@@ -81,7 +89,8 @@ class SimulatedProvider:
 
     @classmethod
     def from_spec(cls, spec: str) -> SimulatedProvider:
-        """``"succeed"``, ``"decline"``, ``"unavailable"`` or ``"delay:SECONDS"``."""
+        """``"succeed"``, ``"decline"``, ``"hard_decline"``, ``"unavailable"`` or
+        ``"delay:SECONDS"``."""
         return cls(spec)
 
     def set_behaviour(self, spec: str, *, account_id: str | None = None) -> None:
@@ -113,14 +122,14 @@ class SimulatedProvider:
         status: PaymentStatus = "pending"
         if behaviour.mode == "succeed":
             status = "succeeded"
-        elif behaviour.mode == "decline":
+        elif behaviour.mode in ("decline", "hard_decline"):
             status = "declined"
         payment = SimulatedPayment(
             payment_id=f"simpay_{len(self.payments) + 1:06d}",
             idempotency_key=request.idempotency_key, account_id=request.account_id,
             amount=request.amount, currency=request.currency,
             status=status,
-            reason="card_declined" if behaviour.mode == "decline" else None,
+            reason=_REASONS.get(behaviour.mode), hard=behaviour.mode == "hard_decline",
             settles_at=(self._clock() + behaviour.delay_s
                         if behaviour.mode == "delay" else None))
         self.payments.append(payment)
@@ -138,4 +147,4 @@ class SimulatedProvider:
         if (payment.status == "pending" and payment.settles_at is not None
                 and self._clock() >= payment.settles_at):
             payment.status = "succeeded"
-        return PaymentResult(payment.status, payment.payment_id, payment.reason)
+        return PaymentResult(payment.status, payment.payment_id, payment.reason, payment.hard)
