@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,32 @@ def parse_bootstrap(name: str, raw: str) -> tuple[str, ...] | None:
     return tuple(servers)
 
 
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,6})?", re.ASCII)
+_MAX_WAIT_S = 7 * 86_400
+_MAX_RETRIES = 10
+
+
+def _seconds(name: str, raw: str) -> float:
+    """A positive number of seconds, at most a week."""
+    text = raw.strip()
+    if not _SECONDS.fullmatch(text) or not 0 < float(text) <= _MAX_WAIT_S:
+        raise SettingsError(f"{name}: expected seconds, more than 0 and at most"
+                            f" {_MAX_WAIT_S}, got {raw!r}")
+    return float(text)
+
+
+def _retry_waits(name: str, raw: str) -> tuple[float, ...]:
+    """``60,300,1800``: the wait before each retry of a declined recharge."""
+    parts = [p.strip() for p in raw.split(",")]
+    if not 1 <= len(parts) <= _MAX_RETRIES or not all(_SECONDS.fullmatch(p) for p in parts) \
+            or not all(float(p) <= _MAX_WAIT_S for p in parts):
+        raise SettingsError(
+            f"{name}: expected 1 to {_MAX_RETRIES} comma-separated waits in seconds"
+            f" (0 to {_MAX_WAIT_S} each), one per retry after a decline, e.g. 60,300,1800;"
+            f" got {raw!r}")
+    return tuple(float(p) for p in parts)
+
+
 def _database_url(name: str, raw: str) -> str | None:
     if not raw.startswith(("postgresql://", "postgres://")):
         raise SettingsError(f"{name}: expected a postgresql:// URL, got {raw!r}")
@@ -104,6 +131,11 @@ class Settings:
     shutdown_grace_seconds: int = 25
     # Only a simulated payment provider ships here: "succeed", "decline" or "delay:SECONDS".
     payment_simulation: str = "succeed"
+    # Waits before the 2nd, 3rd, ... attempt of a declined automatic recharge; after the
+    # last attempt declines, automatic recharge turns itself off (CONTRACT §12).
+    recharge_retry_seconds: tuple[float, ...] = (60.0, 300.0, 1800.0)
+    # How often the recharge sweeper looks for accounts left below their threshold.
+    recharge_sweep_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("usage_topic", "dlq_topic", "balance_topic", "consumer_group",
@@ -112,6 +144,11 @@ class Settings:
                 raise SettingsError(f"{name}: must not be empty")
         if not 1 <= self.batch_max_events <= MAX_BATCH_EVENTS:
             raise SettingsError(f"batch_max_events: must be 1..{MAX_BATCH_EVENTS}")
+        if not self.recharge_retry_seconds or any(
+                not 0 <= s <= _MAX_WAIT_S for s in self.recharge_retry_seconds):
+            raise SettingsError(f"recharge_retry_seconds: 1 or more waits of 0..{_MAX_WAIT_S} s")
+        if not 0 < self.recharge_sweep_seconds <= _MAX_WAIT_S:
+            raise SettingsError(f"recharge_sweep_seconds: more than 0, at most {_MAX_WAIT_S}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -154,4 +191,8 @@ class Settings:
             shutdown_grace_seconds=parsed("RATING_SHUTDOWN_GRACE_SECONDS", _positive_int,
                                           defaults.shutdown_grace_seconds),
             payment_simulation=text("RATING_PAYMENT_SIMULATION", defaults.payment_simulation),
+            recharge_retry_seconds=parsed("RATING_RECHARGE_RETRY_SECONDS", _retry_waits,
+                                          defaults.recharge_retry_seconds),
+            recharge_sweep_seconds=parsed("RATING_RECHARGE_SWEEP_SECONDS", _seconds,
+                                          defaults.recharge_sweep_seconds),
         )
