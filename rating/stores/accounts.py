@@ -42,6 +42,12 @@ class Account:
     version: int
     created_at: datetime
     updated_at: datetime
+    # Automatic recharge's limit and why the engine turned it off (CONTRACT §12), and
+    # the notification thresholds (balance.alert), highest first.
+    auto_recharge_max_per_day: int = 5
+    auto_recharge_disabled_reason: str | None = None
+    auto_recharge_disabled_at: datetime | None = None
+    alert_thresholds: tuple[int, ...] = ()
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> Account:
@@ -51,6 +57,10 @@ class Account:
             auto_recharge_enabled=r["auto_recharge_enabled"],
             auto_recharge_amount=r["auto_recharge_amount"], stt_billing=r["stt_billing"],
             version=r["version"], created_at=r["created_at"], updated_at=r["updated_at"],
+            auto_recharge_max_per_day=r["auto_recharge_max_per_day"],
+            auto_recharge_disabled_reason=r["auto_recharge_disabled_reason"],
+            auto_recharge_disabled_at=r["auto_recharge_disabled_at"],
+            alert_thresholds=tuple(r["alert_thresholds"]),
         )
 
 
@@ -88,7 +98,9 @@ class LedgerEntry:
 
 _ACCOUNT_COLUMNS = (
     "id, plan_id, currency, balance, opening_balance, low_balance_threshold,"
-    " auto_recharge_enabled, auto_recharge_amount, stt_billing, version, created_at, updated_at"
+    " auto_recharge_enabled, auto_recharge_amount, stt_billing, version, created_at, updated_at,"
+    " auto_recharge_max_per_day, auto_recharge_disabled_reason, auto_recharge_disabled_at,"
+    " alert_thresholds"
 )
 
 
@@ -100,6 +112,7 @@ WITH before AS (
     FROM accounts WHERE id = $1 FOR UPDATE)
 UPDATE accounts
 SET auto_recharge_enabled = true, auto_recharge_amount = $2, low_balance_threshold = $3,
+    auto_recharge_disabled_reason = NULL, auto_recharge_disabled_at = NULL,
     version = version + 1, updated_at = now()
 FROM before
 WHERE id = before.account_id
@@ -236,7 +249,8 @@ class AccountStore:
             assert row is not None  # locked above, so it still exists
             after = Account.from_record(row)
             change = BalanceChange(account_id, account.balance, after.balance,
-                                   after.low_balance_threshold, after.currency, after.version)
+                                   after.low_balance_threshold, after.currency, after.version,
+                                   after.alert_thresholds)
             events = list(extra_events)
             if kind in ("topup", "recharge"):
                 events.append(OutboxEvent(
@@ -298,7 +312,13 @@ def account_json(account: Account) -> dict[str, object]:
             "amount": (None if account.auto_recharge_amount is None
                        else format_amount(account.auto_recharge_amount)),
             "below": format_amount(account.low_balance_threshold),
+            "max_per_day": account.auto_recharge_max_per_day,
+            # Set when declines turned it off (hard_decline | attempts_exhausted).
+            "disabled_reason": account.auto_recharge_disabled_reason,
+            "disabled_at": (None if account.auto_recharge_disabled_at is None
+                            else account.auto_recharge_disabled_at.isoformat()),
         },
+        "alert_thresholds": [format_amount(t) for t in account.alert_thresholds],
         "stt_billing": account.stt_billing,
         "opening_balance": format_amount(account.opening_balance),
         "created_at": account.created_at.isoformat(),

@@ -110,6 +110,22 @@ CROSSINGS_SQL = """(VALUES
         (3, 'balance.recovered', after > before AND before < threshold AND threshold <= after)
     ) AS crossing(rank, type, crossed)"""
 
+# Notification thresholds (balance.alert): the rule of rating.core.thresholds.alert_crossings,
+# in SQL, apart from the three crossings above. Most accounts have none: the empty
+# array is skipped before anything is unnested.
+ALERT_CROSSINGS_SQL = """unnest(u.alerts) AS alert(threshold)
+    WHERE cardinality(u.alerts) > 0 AND u.before >= alert.threshold
+      AND alert.threshold > u.after"""
+ALERTED_SQL = """), alerted AS (
+    INSERT INTO outbox (event_id, type, account_id, balance, threshold, currency)
+    SELECT u.id || ':' || u.version || ':balance.alert:' || alert.threshold, 'balance.alert',
+           u.id, u.after, alert.threshold, u.currency
+    FROM updated u, LATERAL """ + ALERT_CROSSINGS_SQL + """
+    ORDER BY u.id, alert.threshold DESC
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id, type, account_id, balance, threshold, currency
+)"""
+
 _SUMS = """
     RETURNING account_id, amount, accrued, service, currency, kind
 ), sums AS (
@@ -120,7 +136,8 @@ _SUMS = """
     FROM sums s, lock_count
     WHERE a.id = s.account_id AND s.total <> 0 AND lock_count.n >= 0{by_key}
     RETURNING a.id, a.balance - s.total AS before, a.balance AS after,
-              a.low_balance_threshold AS threshold, a.currency, a.version
+              a.low_balance_threshold AS threshold, a.currency, a.version,
+              a.alert_thresholds AS alerts
 ), announced AS (
     INSERT INTO outbox (event_id, type, account_id, balance, threshold, currency)
     SELECT u.id || ':' || u.version || ':' || crossing.type, crossing.type, u.id, u.after,
@@ -130,10 +147,13 @@ _SUMS = """
     ORDER BY u.id, crossing.rank  -- outbox order: low before exhausted, as announced
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id, type, account_id, balance, threshold, currency
-)
+""" + ALERTED_SQL + """
 SELECT event_id, type, account_id, balance AS amount, threshold, currency::text,
        NULL::text AS service, NULL::text AS kind, NULL::bigint AS events
 FROM announced
+UNION ALL
+SELECT event_id, type, account_id, balance, threshold, currency::text, NULL, NULL, NULL
+FROM alerted
 UNION ALL
 SELECT NULL, NULL, NULL, sum(accrued - amount)::bigint, NULL, currency::text, service, kind,
        count(*)

@@ -9,7 +9,7 @@ from datetime import datetime
 import orjson
 
 from rating.core.money import format_amount
-from rating.core.thresholds import balance_crossings
+from rating.core.thresholds import ALERT, alert_crossings, balance_crossings
 from rating.stores.db import Connection
 
 EVENT_SOURCE = "rating-engine"
@@ -23,7 +23,7 @@ class OutboxEvent:
     balance: int
     threshold: int | None
     currency: str
-    extra: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,18 +36,25 @@ class BalanceChange:
     threshold: int
     currency: str
     version: int
+    alerts: tuple[int, ...] = ()  # the account's notification thresholds
 
 
 def crossing_events(change: BalanceChange) -> list[OutboxEvent]:
     """The threshold crossings of one change, with ids stable across retries.
 
     ``version`` is unique per account change, so ``account:version:type`` names one
-    crossing forever.
+    crossing forever (``account:version:balance.alert:THRESHOLD`` for a notification
+    threshold, the threshold in micro-units).
     """
-    return [
+    events = [
         OutboxEvent(f"{change.account_id}:{change.version}:{kind}", kind, change.account_id,
                     change.after, change.threshold, change.currency)
         for kind in balance_crossings(change.before, change.after, change.threshold)
+    ]
+    return events + [
+        OutboxEvent(f"{change.account_id}:{change.version}:{ALERT}:{threshold}", ALERT,
+                    change.account_id, change.after, threshold, change.currency)
+        for threshold in alert_crossings(change.before, change.after, change.alerts)
     ]
 
 

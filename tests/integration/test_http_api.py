@@ -234,7 +234,9 @@ async def test_auto_recharge_and_stt_billing_settings(api: Api) -> None:
     status, body = await api.call("PUT", path, {"enabled": True, "amount": "20.00",
                                                 "below": "5.00"}, headers=AUTH)
     assert status == 200
-    assert body["auto_recharge"] == {"enabled": True, "amount": "20.000000", "below": "5.000000"}
+    assert body["auto_recharge"] == {"enabled": True, "amount": "20.000000", "below": "5.000000",
+                                     "max_per_day": 5, "disabled_reason": None,
+                                     "disabled_at": None}
     assert body["low_balance_threshold"] == "5.000000"
     # The balance (1.00) is already below: a recharge is requested for the worker to send.
     assert await api.pool.fetchval(
