@@ -3,7 +3,9 @@
 Offsets are committed only after the recharge row is written, and the row is
 keyed by the event's id, so a redelivered or replayed ``balance.low`` never
 charges a card twice. A tick (about once a second) sends due retries and settles
-pending payments of recharges and one-time top-ups.
+pending payments of recharges and one-time top-ups; every ``RechargePolicy.sweep_every_s``
+the sweeper asks a recharge for each account left below its threshold with none coming
+(a lost ``balance.low``, a recharge smaller than the deficit).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rating.core.errors import InvalidEvent
 from rating.core.thresholds import LOW
 from rating.payments.provider import PaymentProvider
 from rating.settings import Settings
+from rating.stores.recharge_sweep import disabled_accounts, unserved_accounts
 from rating.stores.recharges import RechargeOutcome, RechargePolicy, RechargeService
 from rating.stores.topups import TopupService
 
@@ -42,6 +45,14 @@ RECHARGES_IN_FLIGHT = Gauge(
 RECHARGE_OLDEST_IN_FLIGHT = Gauge(
     "rating_recharge_oldest_in_flight_seconds",
     "Age of the oldest automatic recharge not settled yet; 0 when there is none.")
+RECHARGE_ACCOUNTS_UNSERVED = Gauge(
+    "rating_recharge_accounts_unserved",
+    "Accounts with automatic recharge on, below their threshold, nothing in flight and under"
+    " their daily limit, counted right after a sweep: should be 0.")
+RECHARGE_ACCOUNTS_DISABLED = Gauge(
+    "rating_recharge_accounts_disabled",
+    "Accounts whose automatic recharge declines turned off (not turned on again), by reason"
+    " (hard_decline, attempts_exhausted).", ["reason"])
 BALANCE_EVENTS_SKIPPED = Counter(
     "rating_recharge_events_skipped_total",
     "Messages on the balance topic the recharge worker could not decode.")
@@ -82,8 +93,10 @@ class RechargeWorker:
                  provider: PaymentProvider, *, policy: RechargePolicy | None = None,
                  tick_s: float = 1.0) -> None:
         self.recharges = RechargeService(pool, provider, policy)
+        self._pool = pool
         self.topups = TopupService(pool, provider, policy)
         self._tick_s = tick_s
+        self._next_sweep = 0.0  # event-loop time
         self._consumer = AIOKafkaConsumer(
             settings.balance_topic, bootstrap_servers=bootstrap,
             group_id=settings.recharge_group, enable_auto_commit=False,
@@ -144,6 +157,7 @@ class RechargeWorker:
             ("recharge settlement", self._settle_recharges),
             ("top-up settlement", self._settle_topups),
             ("recharges in flight", self._report_in_flight),
+            ("recharge sweep", self._sweep),
         )
         for what, step in steps:
             try:
@@ -163,6 +177,18 @@ class RechargeWorker:
     async def _settle_recharges(self) -> None:
         for outcome in await self.recharges.settle_pending():
             RECHARGE_OUTCOMES.labels(outcome).inc()
+
+    async def _sweep(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.recharges.policy.sweep_every_s
+        for outcome in await self.recharges.sweep():
+            RECHARGE_OUTCOMES.labels(outcome).inc()
+        RECHARGE_ACCOUNTS_UNSERVED.set(await unserved_accounts(self._pool))
+        disabled = await disabled_accounts(self._pool)
+        for reason in ("hard_decline", "attempts_exhausted"):
+            RECHARGE_ACCOUNTS_DISABLED.labels(reason).set(disabled.get(reason, 0))
 
     async def _settle_topups(self) -> None:
         TOPUPS_SETTLED.inc(await self.topups.settle_pending())

@@ -37,6 +37,7 @@ from rating.payments.simulated import SimulatedProvider
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore
 from rating.stores.db import create_pool
+from rating.stores.recharges import RechargePolicy
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
 
@@ -156,13 +157,15 @@ async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack) -> Ext
     """The recharge worker and the HTTP API."""
     provider = SimulatedProvider.from_spec(engine.settings.payment_simulation)
     store = AccountStore(engine.pool)
-    topups = TopupService(engine.pool, provider)
+    policy = RechargePolicy(retry_delays_s=engine.settings.recharge_retry_seconds,
+                            sweep_every_s=engine.settings.recharge_sweep_seconds)
+    topups = TopupService(engine.pool, provider, policy)
     api = HttpApi(store=store, tariffs=engine.tariffs, topups=topups, settings=engine.settings,
                   readiness=engine.readiness)
     await api.start()
     stack.push_async_callback(api.close)
     worker = RechargeWorker(engine.settings, engine.endpoints.kafka_bootstrap, engine.pool,
-                            provider)
+                            provider, policy=policy)
     await worker.start()
     stack.push_async_callback(worker.close)
     task = asyncio.create_task(worker.run(), name="recharge-worker")

@@ -7,29 +7,32 @@ per account)::
 
     requested ──claim──► charging ──succeeded──► succeeded   credit + recharge.succeeded
         ▲                   │  └────pending────► pending ──status()──► (same answers)
-        │                   └──declined──► requested (attempt + 1, after a back-off)
-        │                                  or failed (attempts exhausted)
+        │                   └──declined──► requested (attempt + 1, after its wait)
+        │                                  or failed (a hard decline, or the last attempt:
+        │                                  automatic recharge turned off, recharge.disabled)
         └── cancelled when a retry comes due and auto-recharge is off or the balance
             is back at or above the threshold (the customer topped up)
 
 An attempt's idempotency key is ``recharge/<crossing>/<attempt>``: a lost answer is
 re-asked with the same key (the provider returns the same payment), and only a
-decline moves on to a new key, after a delay, so a card is never hammered.
+decline moves on to a new key, after a delay, so a card is never hammered
+(rating/stores/recharge_declines.py). Requests, and the daily limit, are in
+rating/stores/recharge_requests.py; the sweeper's queries in recharge_sweep.py.
+
+Every loop over rows (due attempts, pending payments, the sweep) handles each row's
+failure alone: a row that fails for a reason that is not an outage is marked
+(``last_error``), logged once, counted (outcome ``error``) and tried again only after
+``RechargePolicy.error_retry_s``; the rows behind it go on.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
-from rating.core.errors import (
-    UnknownAccount,
-)
 from rating.core.money import format_amount
 from rating.payments.provider import (
     ChargeRequest,
@@ -37,15 +40,23 @@ from rating.payments.provider import (
     PaymentResult,
 )
 from rating.stores.accounts import AccountStore
+from rating.stores.db import is_transient
 from rating.stores.outbox import insert_events
-from rating.stores.recharge_requests import RechargeAttempt, recharge_event, request_recharge
+from rating.stores.recharge_declines import record_decline
+from rating.stores.recharge_requests import (
+    ACCOUNT_SQL,
+    RechargeAttempt,
+    RechargeOutcome,
+    account_row,
+    latest_crossing,
+    recharge_event,
+    request_recharge,
+)
+from rating.stores.recharge_sweep import due_accounts, request_due
 
 log = logging.getLogger(__name__)
-Conn = asyncpg.Connection | PoolConnectionProxy
 
-RechargeOutcome = Literal[
-    "succeeded", "pending", "declined", "failed", "cancelled", "unavailable",
-    "duplicate", "in_flight", "disabled", "not_below", "unknown_account", "busy"]
+__all__ = ["RechargeOutcome", "RechargePolicy", "RechargeService"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,25 +70,21 @@ class RechargePolicy:
     # How often a pending payment's status is asked.
     settle_poll_s: float = 5.0
     batch: int = 100
+    # How often the sweeper looks for accounts left below their threshold.
+    sweep_every_s: float = 5.0
+    # How long a row (a recharge, or an account to sweep) that failed for a reason that is
+    # not an outage waits before it is tried again.
+    error_retry_s: float = 300.0
 
     def __post_init__(self) -> None:
         if any(d < 0 for d in self.retry_delays_s) or self.answer_timeout_s <= 0 \
-                or self.settle_poll_s <= 0 or self.batch < 1:
+                or self.settle_poll_s <= 0 or self.batch < 1 or self.sweep_every_s <= 0 \
+                or self.error_retry_s <= 0:
             raise ValueError("recharge policy: delays must be >= 0, timeouts > 0, batch >= 1")
 
     @property
     def max_attempts(self) -> int:
         return len(self.retry_delays_s) + 1
-
-
-_ACCOUNT = ("SELECT balance, low_balance_threshold, currency::text AS currency,"
-            " auto_recharge_enabled, auto_recharge_amount FROM accounts WHERE id = $1")
-
-async def _account(conn: Conn, account_id: str) -> asyncpg.Record:
-    row = await conn.fetchrow(_ACCOUNT, account_id)
-    if row is None:  # accounts are never deleted; a recharge always has one
-        raise UnknownAccount(f"unknown account {account_id!r}")
-    return row
 
 
 _CLAIMABLE = """
@@ -99,11 +106,14 @@ class RechargeService:
         self._store = AccountStore(pool)
         self._provider = provider
         self.policy = policy or RechargePolicy()
+        # Accounts whose sweep failed for a reason that is not an outage: skipped until
+        # the first number (monotonic time); the message is logged when it changes.
+        self._sweep_failures: dict[str, tuple[float, str]] = {}
 
     async def on_balance_low(self, account_id: str, crossing_id: str) -> RechargeOutcome:
         """React to one ``balance.low`` crossing; a redelivery of it changes nothing."""
         async with self._pool.acquire() as conn, conn.transaction():
-            account = await conn.fetchrow(_ACCOUNT + " FOR UPDATE", account_id)
+            account = await conn.fetchrow(ACCOUNT_SQL + " FOR UPDATE", account_id)
             if account is None:
                 return "unknown_account"
             if await conn.fetchval("SELECT 1 FROM recharges WHERE crossing_id = $1",
@@ -113,10 +123,48 @@ class RechargeService:
                 return "disabled"
             if account["balance"] >= account["low_balance_threshold"]:
                 return "not_below"
-            recharge_id = await request_recharge(conn, account_id, crossing_id, account)
-            if recharge_id is None:  # the partial unique index: one is in flight already
-                return "in_flight"
+            # A later crossing is the one to serve (its handler or the sweeper does).
+            latest = await latest_crossing(conn, account_id)
+            if latest is not None and latest != crossing_id:
+                return "superseded"
+            requested, recharge_id = await request_recharge(conn, account_id, crossing_id,
+                                                            account)
+            if recharge_id is None:
+                return "duplicate" if requested == "requested" else requested
         return await self._attempt(recharge_id)
+
+    async def sweep(self) -> list[RechargeOutcome]:
+        """A recharge for every account left below its threshold with none coming
+        (rating/stores/recharge_sweep.py), each sent at once."""
+        outcomes: list[RechargeOutcome] = []
+        now = time.monotonic()
+        for account_id in await due_accounts(self._pool, self.policy.batch):
+            failure = self._sweep_failures.get(account_id)
+            if failure is not None and failure[0] > now:
+                continue
+            try:
+                requested, recharge_id = await request_due(self._pool, account_id)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                outcomes.append(self._sweep_failed(account_id, exc))
+                continue
+            self._sweep_failures.pop(account_id, None)
+            if recharge_id is None:
+                outcomes.append("duplicate" if requested == "requested" else requested)
+            else:
+                outcomes.append(await self._attempt_alone(recharge_id))
+        return outcomes
+
+    def _sweep_failed(self, account_id: str, exc: Exception) -> RechargeOutcome:
+        message = f"{type(exc).__name__}: {exc}"
+        known = self._sweep_failures.get(account_id)
+        if known is None or known[1] != message:
+            log.error("recharge sweep of %s failed (%s); trying again in %g s", account_id,
+                      message, self.policy.error_retry_s, exc_info=exc)
+        self._sweep_failures[account_id] = (time.monotonic() + self.policy.error_retry_s,
+                                            message)
+        return "error"
 
     async def in_flight(self) -> dict[str, tuple[int, float]]:
         """Recharges not settled yet, by status: (how many, age of the oldest in seconds).
@@ -143,7 +191,29 @@ class RechargeService:
         ids = await self._pool.fetch(
             "SELECT id FROM recharges WHERE status = ANY($1::text[]) AND next_attempt_at <= now()"
             " ORDER BY next_attempt_at LIMIT $2", list(statuses), self.policy.batch)
-        return [await self._attempt(r["id"]) for r in ids]
+        return [await self._attempt_alone(r["id"]) for r in ids]
+
+    async def _attempt_alone(self, recharge_id: int) -> RechargeOutcome:
+        """``_attempt``, where a failure that is not an outage marks the row and goes on."""
+        try:
+            return await self._attempt(recharge_id)
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # every row would fail alike: the worker's tick waits it out
+            message = f"{type(exc).__name__}: {exc}"
+            first: bool | None = await self._pool.fetchval(
+                """
+                UPDATE recharges r
+                SET last_error = $2, errors = r.errors + 1, updated_at = now(),
+                    next_attempt_at = now() + make_interval(secs => $3)
+                FROM (SELECT id, last_error FROM recharges WHERE id = $1) before
+                WHERE r.id = before.id AND r.status IN ('requested', 'charging', 'pending')
+                RETURNING before.last_error IS DISTINCT FROM $2
+                """, recharge_id, message, float(self.policy.error_retry_s))
+            if first:
+                log.error("recharge %d failed (%s); trying it again in %g s", recharge_id,
+                          message, self.policy.error_retry_s, exc_info=exc)
+            return "error"
 
     async def _attempt(self, recharge_id: int) -> RechargeOutcome:
         claim = await self._claim(recharge_id)
@@ -168,7 +238,7 @@ class RechargeService:
             row = await conn.fetchrow(_CLAIMABLE, recharge_id)
             if row is None:
                 return "busy"
-            account = await _account(conn, row["account_id"])
+            account = await account_row(conn, row["account_id"])
             claim = RechargeAttempt(row["id"], row["crossing_id"], row["account_id"],
                                     row["amount"], row["currency"].strip(), row["attempt"],
                                     row["status"], row["payment_id"])
@@ -217,7 +287,7 @@ class RechargeService:
                     " WHERE id = $1 AND attempt = $2 AND status IN ('charging', 'pending')"
                     " RETURNING 1", claim.id, claim.attempt, result.payment_id)
                 if done:
-                    account = await _account(conn, claim.account_id)
+                    account = await account_row(conn, claim.account_id)
                     await insert_events(conn, [recharge_event(
                         claim, "recharge.succeeded", "recharge.succeeded", account,
                         {"payment_id": result.payment_id})])
@@ -232,35 +302,4 @@ class RechargeService:
                 " WHERE id = $1 AND attempt = $2 AND status IN ('charging', 'pending')",
                 claim.id, claim.attempt, result.payment_id, float(self.policy.settle_poll_s))
             return "pending"
-        return await self._record_decline(claim, result)
-
-    async def _record_decline(self, claim: RechargeAttempt,
-                              result: PaymentResult) -> RechargeOutcome:
-        final = claim.attempt >= self.policy.max_attempts
-        delay = 0.0 if final else self.policy.retry_delays_s[claim.attempt - 1]
-        reason = result.reason or "declined"
-        async with self._pool.acquire() as conn, conn.transaction():
-            retry_at: datetime | None = await conn.fetchval(
-                """
-                UPDATE recharges
-                SET status = CASE WHEN $3 THEN 'failed' ELSE 'requested' END,
-                    attempt = CASE WHEN $3 THEN attempt ELSE attempt + 1 END,
-                    next_attempt_at = CASE WHEN $3 THEN NULL
-                                      ELSE now() + make_interval(secs => $4) END,
-                    settled_at = CASE WHEN $3 THEN now() END,
-                    payment_id = $5, last_reason = $6, updated_at = now()
-                WHERE id = $1 AND attempt = $2 AND status IN ('charging', 'pending')
-                RETURNING coalesce(next_attempt_at, now())
-                """, claim.id, claim.attempt, final, delay, result.payment_id, reason)
-            if retry_at is None:  # recorded already by another worker
-                return "failed" if final else "declined"
-            account = await _account(conn, claim.account_id)
-            extra = {"reason": reason, "final": "true" if final else "false",
-                     "payment_id": result.payment_id}
-            if not final:
-                extra["next_attempt_at"] = retry_at.isoformat().replace("+00:00", "Z")
-            await insert_events(conn, [recharge_event(claim, "recharge.failed",
-                                                      "recharge.failed", account, extra)])
-        log.info("recharge %s attempt %d declined (%s)%s", claim.crossing_id, claim.attempt,
-                 reason, "; giving up" if final else f"; retrying in {delay:g} s")
-        return "failed" if final else "declined"
+        return await record_decline(self._pool, claim, result, self.policy.retry_delays_s)

@@ -96,7 +96,7 @@ async def test_turning_auto_recharge_on_below_the_threshold_recharges_at_once(
     assert types.count("recharge.requested") == 1 and types.count("recharge.succeeded") == 1
     extra = orjson.loads(await pool.fetchval(
         "SELECT extra FROM outbox WHERE type = 'recharge.requested'"))
-    assert extra == {"amount": "20.000000", "attempt": "1",
+    assert extra == {"amount": "20.000000", "attempt": 1,
                      "crossing_id": f"acct-1:{account.version}:auto-recharge.on"}
     assert await ledger_explains_balances(pool) == []
     # Saying the same again (a retried request) is not a new reason to charge the card.
@@ -165,7 +165,7 @@ async def test_a_decline_announces_failure_and_retries_later_not_at_once(
     extra = orjson.loads(await pool.fetchval(
         "SELECT extra FROM outbox WHERE type = 'recharge.failed'"))
     assert extra["reason"] == "card_declined" and extra["final"] == "false"
-    assert extra["attempt"] == "1" and extra["amount"] == "20.000000"
+    assert extra["attempt"] == 1 and extra["amount"] == "20.000000"
     assert await credits(pool, "recharge") == []
     assert await balance(pool) == EUR("4.00")
     # Not immediately, however often the worker ticks: no retry storm.
@@ -349,7 +349,6 @@ async def test_recharges_in_flight_are_reported_until_they_settle(
     """A recharge in flight blocks the next one for its account: SRE sees how many there
     are and how old the oldest is (rating_recharge_oldest_in_flight_seconds)."""
     await make_account(pool)
-    await debit(pool, "acct-1", "6.00")
     provider = SimulatedProvider("delay:1.0")  # the card payment lands later
 
     def sample(name: str, status: str | None = None) -> float | None:
@@ -360,6 +359,8 @@ async def test_recharges_in_flight_are_reported_until_they_settle(
         await worker.tick()
         assert sample("rating_recharges_in_flight", "pending") == 0
         assert sample("rating_recharge_oldest_in_flight_seconds") == 0
+        # After the first tick: its sweep would have found the account below and recharged.
+        await debit(pool, "acct-1", "6.00")
         crossing = (await crossings(pool))[0]
         assert await worker.recharges.on_balance_low("acct-1", crossing) == "pending"
         await asyncio.sleep(0.3)
