@@ -26,6 +26,7 @@ from api.http_json import (
     since_query,
 )
 from api.operator import OperatorRoutes
+from api.recharge_fields import recharge_limits
 from rating.core.errors import ApiError
 from rating.core.money import format_amount
 from rating.core.quote import authorize
@@ -36,6 +37,7 @@ from rating.stores.accounts import (
     LedgerEntry,
     account_json,
 )
+from rating.stores.recharge_settings import account_view
 from rating.stores.sessions import SessionStore
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
@@ -155,7 +157,8 @@ class HttpApi:
 
     @requires(CUSTOMER)
     async def get_account(self, request: web.Request) -> web.Response:
-        return json_response(account_json(await self._store.get(request.match_info["account_id"])))
+        account = await self._store.get(request.match_info["account_id"])
+        return json_response(await account_view(self._store.pool, account))
 
     @requires(CUSTOMER)
     async def ledger(self, request: web.Request) -> web.Response:
@@ -211,16 +214,18 @@ class HttpApi:
     async def auto_recharge(self, request: web.Request) -> web.Response:
         body = await json_body(request)
         account_id = request.match_info["account_id"]
-        if not field(body, "enabled", bool):
-            account = await self._store.set_auto_recharge(account_id, amount=None, below=None)
-            return json_response(account_json(account))
-        amount, below = amount_field(body, "amount"), amount_field(body, "below")
-        if amount <= 0:
-            raise ApiError(422, "invalid_amount", "amount: must be greater than zero")
-        if below < 0:
-            raise ApiError(422, "invalid_amount", "below: must not be negative")
+        enabled = field(body, "enabled", bool)
+        amount = below = None
+        if enabled:
+            amount, below = amount_field(body, "amount"), amount_field(body, "below")
+            if amount <= 0:
+                raise ApiError(422, "invalid_amount", "amount: must be greater than zero")
+            if below < 0:
+                raise ApiError(422, "invalid_amount", "below: must not be negative")
+        # Optional, unchanged when absent; set before the recharge turning it on may ask.
+        await recharge_limits(self._store.pool, account_id, body)
         account = await self._store.set_auto_recharge(account_id, amount=amount, below=below)
-        return json_response(account_json(account))
+        return json_response(await account_view(self._store.pool, account))
 
     @requires(OPERATOR)
     async def stt_billing(self, request: web.Request) -> web.Response:

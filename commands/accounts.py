@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 
 from commands import cli_audit
+from commands.recharge_args import recharge_limit_args
 from engine.services import database_url, migrate_database
 from rating.core.errors import CommandError, PermanentError, RequestError
 from rating.core.money import parse_amount
@@ -22,6 +23,7 @@ from rating.settings import Settings
 from rating.stores.accounts import AccountStore, NewAccount, SttBilling, account_json
 from rating.stores.db import create_pool
 from rating.stores.migrations import migrate
+from rating.stores.recharge_settings import account_view
 from rating.stores.topups import TopupService
 from rating.tariffbook.files import load_tariffs
 
@@ -88,7 +90,7 @@ async def cmd_create(settings: Settings, out: TextIO, account_id: str, plan: str
 
 async def cmd_show(settings: Settings, out: TextIO, account_id: str) -> int:
     async with store_for(settings) as store:
-        _print_json(out, account_json(await store.get(account_id)))
+        _print_json(out, await account_view(store.pool, await store.get(account_id)))
     return 0
 
 
@@ -108,19 +110,30 @@ async def cmd_topup(settings: Settings, out: TextIO, account_id: str, amount: st
 
 
 async def cmd_auto_recharge(settings: Settings, out: TextIO, account_id: str,
-                            amount: str | None, below: str | None, off: bool) -> int:
+                            amount: str | None, below: str | None, off: bool,
+                            max_per_day: int | None = None,
+                            alert_thresholds: str | None = None) -> int:
+    """``--amount A --below T`` turns it on, ``--off`` off; ``--max-per-day`` and
+    ``--alert-thresholds`` alone change only themselves."""
+    limits = recharge_limit_args(max_per_day, alert_thresholds)
+    turn_on = None
+    if not off and (amount is not None or below is not None or not limits.given):
+        if amount is None or below is None:
+            raise CommandError("auto-recharge needs --amount and --below, or --off")
+        micros = amount_arg("--amount", amount)
+        if micros == 0:
+            raise CommandError("--amount: must be greater than zero")
+        turn_on = (micros, amount_arg("--below", below))
     async with store_for(settings) as store:
+        await limits.apply(store.pool, account_id)
         if off:
             account = await store.set_auto_recharge(account_id, amount=None, below=None)
+        elif turn_on is not None:
+            account = await store.set_auto_recharge(account_id, amount=turn_on[0],
+                                                    below=turn_on[1])
         else:
-            if amount is None or below is None:
-                raise CommandError("auto-recharge needs --amount and --below, or --off")
-            micros = amount_arg("--amount", amount)
-            if micros == 0:
-                raise CommandError("--amount: must be greater than zero")
-            account = await store.set_auto_recharge(
-                account_id, amount=micros, below=amount_arg("--below", below))
-        _print_json(out, account_json(account))
+            account = await store.get(account_id)
+        _print_json(out, await account_view(store.pool, account))
     return 0
 
 

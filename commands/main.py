@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     auto.add_argument("--amount")
     auto.add_argument("--below")
     auto.add_argument("--off", action="store_true")
+    auto.add_argument("--max-per-day", type=int, default=None, metavar="N",
+                      help="at most N automatic recharges in any 24 hours (default 5)")
+    auto.add_argument("--alert-thresholds", default=None, metavar="A,B,...",
+                      help="balance.alert when the balance falls below each ('' for none)")
     stt = acc.add_parser("stt-billing", help="bill speech-to-text from credit or on the invoice")
     stt.add_argument("id")
     stt.add_argument("mode", choices=["credit", "invoice"])
@@ -146,7 +150,7 @@ def _dispatch_accounts(args: argparse.Namespace,
         return accounts.cmd_topup(settings, out, args.id, args.amount, args.idempotency_key)
     if verb == "auto-recharge":
         return accounts.cmd_auto_recharge(settings, out, args.id, args.amount, args.below,
-                                          args.off)
+                                          args.off, args.max_per_day, args.alert_thresholds)
     if verb == "stt-billing":
         return accounts.cmd_stt_billing(settings, out, args.id, args.mode)
     return accounts.cmd_adjust(settings, out, args.id, args.amount, args.reason,
