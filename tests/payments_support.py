@@ -4,19 +4,27 @@ the way the usage consumer does it, and what the ledger, outbox and recharges ho
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import asyncpg
+import orjson
+from jsonschema import Draft202012Validator
 
 from rating.core.money import parse_amount
 from rating.core.rate import Charge
 from rating.stores.accounts import AccountStore, NewAccount
 from rating.stores.ledger import RatedUsage, apply_usage
+from rating.stores.outbox import cloud_event
 from rating.stores.recharges import RechargePolicy
 
 EUR = parse_amount
 FAST = RechargePolicy(retry_delays_s=(0.6, 0.6), answer_timeout_s=0.6, settle_poll_s=0.1)
 _event_ids = itertools.count(1)
+BALANCE_EVENT = Draft202012Validator(json.loads(
+    (Path(__file__).resolve().parent.parent / "schemas" / "balance.event.json").read_text()))
 
 
 async def make_account(pool: asyncpg.Pool, account_id: str = "acct-1", balance: str = "10.00",
@@ -63,3 +71,20 @@ async def recharges(pool: asyncpg.Pool, account_id: str = "acct-1") -> list[tupl
     rows = await pool.fetch("SELECT crossing_id, status FROM recharges WHERE account_id = $1"
                             " ORDER BY id", account_id)
     return [(r["crossing_id"], r["status"]) for r in rows]
+
+
+async def events(pool: asyncpg.Pool, type_: str,
+                 account_id: str = "acct-1") -> list[dict[str, Any]]:
+    """``data`` of the account's outbox events of ``type_``, as published (checked against
+    schemas/balance.event.json), oldest first."""
+    rows = await pool.fetch(
+        "SELECT event_id, type, account_id, balance, threshold, currency, extra, created_at"
+        " FROM outbox WHERE type = $1 AND account_id = $2 ORDER BY seq", type_, account_id)
+    found = []
+    for r in rows:
+        event = orjson.loads(cloud_event(
+            r["event_id"], r["type"], r["account_id"], r["balance"], r["threshold"],
+            r["currency"].strip(), orjson.loads(r["extra"]), r["created_at"]))
+        BALANCE_EVENT.validate(event)
+        found.append(event["data"])
+    return found

@@ -158,5 +158,9 @@ def test_balance_event_data(change: dict[str, object], valid: bool) -> None:
     ],
 )
 def test_balance_event_types(type_: str) -> None:
-    assert validator("balance.event").is_valid({**BALANCE, "type": type_})
+    event: dict[str, object] = {**BALANCE, "type": type_}
+    if type_.startswith("recharge."):  # CONTRACT §12: every recharge.* event carries these
+        event["data"] = {**BALANCE["data"], "attempt": 1,  # type: ignore[dict-item]
+                         "amount": "20.000000"}
+    assert validator("balance.event").is_valid(event)
     assert not validator("balance.event").is_valid({**BALANCE, "type": "balance.unknown"})
