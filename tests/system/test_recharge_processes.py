@@ -4,6 +4,7 @@ by RATING_PAYMENT_SIMULATION and RATING_RECHARGE_RETRY_SECONDS."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -19,11 +20,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.embedded import free_port
-from rating.core.money import parse_amount
+from rating.core.money import format_amount, parse_amount
 from rating.core.rate import Charge
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore, NewAccount
 from rating.stores.ledger import RatedUsage, apply_usage
+from rating.stores.recharge_settings import set_max_per_day
+from tests.payments_support import debit
 from tests.support import (
     create_topics,
     engine_env,
@@ -66,12 +69,9 @@ def stop(engines: list[subprocess.Popen[bytes]], log: Path) -> None:
         assert engine.wait(60) == 0, log.read_text()[-3000:]
 
 
-async def test_two_engines_sweep_a_lost_crossing_above_the_threshold_one_charge_each(
-        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str, tmp_path: Path) -> None:
-    await create_topics(settings, kafka_bootstrap)
-    store = AccountStore(pool)
-    await store.create(NewAccount("acct-1", "standard", "EUR", EUR("10.00"), EUR("5.00")))
-    await store.set_auto_recharge("acct-1", amount=EUR("10.00"), below=EUR("5.00"))
+async def start_two(settings: Settings, tmp_path: Path,
+                    ) -> tuple[list[subprocess.Popen[bytes]], list[int], list[Path]]:
+    """Two engines of one group, each with its own metrics port, sweeping twice a second."""
     ports = [free_port(), free_port()]
     logs = [tmp_path / "engine-1.log", tmp_path / "engine-2.log"]
     engines = [start_engine(engine_env(replace(settings, metrics_port=port),
@@ -81,6 +81,21 @@ async def test_two_engines_sweep_a_lost_crossing_above_the_threshold_one_charge_
     try:
         for engine, log in zip(engines, logs, strict=True):
             await wait_for_log(log, "rating engine running", engine)
+    except BaseException:
+        for engine in engines:
+            engine.kill()
+        raise
+    return engines, ports, logs
+
+
+async def test_two_engines_sweep_a_lost_crossing_above_the_threshold_one_charge_each(
+        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str, tmp_path: Path) -> None:
+    await create_topics(settings, kafka_bootstrap)
+    store = AccountStore(pool)
+    await store.create(NewAccount("acct-1", "standard", "EUR", EUR("10.00"), EUR("5.00")))
+    await store.set_auto_recharge("acct-1", amount=EUR("10.00"), below=EUR("5.00"))
+    engines, ports, logs = await start_two(settings, tmp_path)
+    try:
         await debit_unannounced(pool, "acct-1", "30.00")  # 10 -> -20, three recharges short
 
         async def above() -> bool:
@@ -101,6 +116,44 @@ async def test_two_engines_sweep_a_lost_crossing_above_the_threshold_one_charge_
     assert [(r["status"], r["attempt"]) for r in rows] == [("succeeded", 1)] * 3
     assert rows[0]["crossing_id"].endswith(":balance.low")  # the lost crossing's own key
     assert await pool.fetchval("SELECT count(*) FROM ledger WHERE kind = 'recharge'") == 3
+    assert await ledger_explains_balances(pool) == []
+
+
+async def test_the_daily_limit_holds_with_two_engines_under_a_burst(
+        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str, tmp_path: Path) -> None:
+    await create_topics(settings, kafka_bootstrap)
+    store = AccountStore(pool)
+    await store.create(NewAccount("acct-1", "standard", "EUR", EUR("10.00"), EUR("5.00")))
+    await store.set_auto_recharge("acct-1", amount=EUR("20.00"), below=EUR("5.00"))
+    await set_max_per_day(pool, "acct-1", 3)
+    engines, ports, logs = await start_two(settings, tmp_path)
+    try:
+        for n in range(12):  # crossing after crossing, announced and relayed by both engines
+            now = await pool.fetchval("SELECT balance FROM accounts")
+            if now < EUR("6.00"):
+                await store.credit("acct-1", kind="adjustment", source="adjustment",
+                                   key=f"acct-1/up-{n}", amount=EUR("6.00") - now,
+                                   reason="test: back above the threshold")
+            await debit(pool, "acct-1", format_amount(
+                await pool.fetchval("SELECT balance FROM accounts") - EUR("1.00")))
+            await asyncio.sleep(0.3)
+
+        async def limited() -> bool:
+            return bool(await pool.fetchval(
+                "SELECT count(*) FROM outbox WHERE type = 'recharge.limited'"))
+
+        await wait_until(limited, what="recharge.limited")
+        await wait_until(lambda: _nothing_in_flight(pool), what="nothing in flight")
+        await asyncio.sleep(2)  # more sweeps by both: nothing more may be charged
+        calls = [outcome_total(port, PROVIDER_CALLS) for port in ports]
+    finally:
+        stop(engines, logs[0])
+
+    assert sum(calls) == 3, calls
+    assert [r["status"] for r in await pool.fetch("SELECT status FROM recharges")] == [
+        "succeeded"] * 3
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE type = 'recharge.limited'") == 1
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE type = 'balance.low'") >= 6
     assert await ledger_explains_balances(pool) == []
 
 
