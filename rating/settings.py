@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from rating.core.currency import parse_presets
 from rating.core.rate import MAX_BATCH_EVENTS
 
 T = TypeVar("T")
@@ -50,6 +51,13 @@ def _public_url(name: str, raw: str) -> str | None:
     if not value.startswith(("http://", "https://")) or " " in value:
         raise SettingsError(f"{name}: expected http://HOST[:PORT] or https://…, got {raw!r}")
     return value
+
+
+def _presets(name: str, raw: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    try:
+        return tuple(sorted(parse_presets(raw).items()))
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
 
 
 def parse_bootstrap(name: str, raw: str) -> tuple[str, ...] | None:
@@ -104,6 +112,9 @@ class Settings:
     shutdown_grace_seconds: int = 25
     # Only a simulated payment provider ships here: "succeed", "decline" or "delay:SECONDS".
     payment_simulation: str = "succeed"
+    # The billing page's one-time amounts per currency (currency -> micro-units);
+    # a currency not listed gets 10, 25, 50 and 100.
+    topup_presets: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("usage_topic", "dlq_topic", "balance_topic", "consumer_group",
@@ -154,4 +165,5 @@ class Settings:
             shutdown_grace_seconds=parsed("RATING_SHUTDOWN_GRACE_SECONDS", _positive_int,
                                           defaults.shutdown_grace_seconds),
             payment_simulation=text("RATING_PAYMENT_SIMULATION", defaults.payment_simulation),
+            topup_presets=parsed("RATING_TOPUP_PRESETS", _presets, defaults.topup_presets),
         )
