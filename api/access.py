@@ -18,9 +18,10 @@ not, so a session cannot enumerate accounts.
 The billing page (CONTRACT §9) is opened with ``/billing?session=TOKEN``: this module
 exchanges that token for an HttpOnly, SameSite=Strict cookie and redirects to
 ``/billing``, so the token leaves the address bar. Every ``/billing…`` route is then
-authenticated by the cookie here, and every write to one must also carry the page's
-CSRF token in the ``X-CSRF-Token`` header (a cross-site form can neither send the
-cookie nor set a header).
+authenticated by the cookie here, and each of its data routes also needs the page's
+token (``X-CSRF-Token``; a cross-site form can neither send the cookie nor set a
+header): it is derived from the session, so a page left open in another tab after a
+second account's link replaced the cookie gets nothing of the second account.
 """
 
 from __future__ import annotations
@@ -158,13 +159,19 @@ def principal_of(request: web.Request) -> Principal:
     return principal
 
 
-def access_control(authenticator: Authenticator) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """The middleware: authenticate, then check the route's declared access."""
+def access_control(authenticator: Authenticator, *, https_only: bool = False,
+                   ) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The middleware: authenticate, then check the route's declared access.
+
+    ``https_only``: customers reach the engine over https (through a proxy that
+    terminates TLS), so the billing page's cookie is marked Secure however the
+    request arrived here.
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == PAGE_PREFIX or request.path.startswith(PAGE_PREFIX + "/"):
-            return await _page_request(authenticator, request, handler)
+            return await _page_request(authenticator, request, handler, https_only)
         if not request.path.startswith("/v1/"):
             return await handler(request)
         route_handler = request.match_info.handler
@@ -203,7 +210,7 @@ async def _authenticate(authenticator: Authenticator, request: web.Request) -> P
 # --- the billing page: the URL token exchanged for a cookie, then the cookie ------------
 
 async def _page_request(authenticator: Authenticator, request: web.Request,
-                        handler: Handler) -> web.StreamResponse:
+                        handler: Handler, https_only: bool) -> web.StreamResponse:
     access = getattr(request.match_info.handler, _ATTRIBUTE, None)
     if not isinstance(access, Access):
         if request.match_info.http_exception is not None:
@@ -215,23 +222,34 @@ async def _page_request(authenticator: Authenticator, request: web.Request,
         raise ApiError(403, "forbidden", "this route admits no credential")
     url_token = request.query.get("session") if access.html else None
     if url_token is not None:
-        return await _exchange(authenticator, request, handler, url_token)
+        return await _exchange(authenticator, request, handler, url_token,
+                               https_only or request.secure)
     token = request.cookies.get(SESSION_COOKIE, "")
     principal = await authenticator.session(token)
     if principal is None:
         if access.html:  # the page's handler answers with its "link expired" page
             return _withheld_cookie_reload(request, token) or await _expired(request, handler)
         raise ApiError(401, "session_expired", "this billing link has expired: ask for a new one")
-    if request.method not in _SAFE_METHODS and not hmac.compare_digest(
-            request.headers.get(CSRF_HEADER, ""), csrf_token(token)):
-        raise ApiError(403, "csrf_failed", f"a {CSRF_HEADER} header from the page is required")
+    if not access.html and not hmac.compare_digest(_page_token(request), csrf_token(token)):
+        # Also refuses a page left open after another account's link replaced the cookie.
+        raise ApiError(403, "csrf_failed",
+                       f"the page's {CSRF_HEADER} is required; reload the billing page")
     request[PRINCIPAL_KEY] = principal
     request[_PAGE_TOKEN_KEY] = token
     return await handler(request)
 
 
+def _page_token(request: web.Request) -> str:
+    """The page's token: in the header, or (a plain link such as the CSV download, which
+    cannot set one) in the ``page_token`` query parameter of a read."""
+    given = request.headers.get(CSRF_HEADER)
+    if given is None and request.method in _SAFE_METHODS:
+        given = request.query.get("page_token")
+    return given or ""
+
+
 async def _exchange(authenticator: Authenticator, request: web.Request, handler: Handler,
-                    url_token: str) -> web.StreamResponse:
+                    url_token: str, secure: bool) -> web.StreamResponse:
     """``/billing?session=TOKEN``: the cookie, and the same page without the token.
 
     The cookie lasts as long as the browser session; the session's own expiry is
@@ -242,7 +260,7 @@ async def _exchange(authenticator: Authenticator, request: web.Request, handler:
     response = web.Response(status=303, headers={
         "Location": request.path, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
     response.set_cookie(SESSION_COOKIE, url_token, path=PAGE_PREFIX, httponly=True,
-                        samesite="Strict", secure=request.secure)
+                        samesite="Strict", secure=secure)
     return response
 
 

@@ -83,7 +83,8 @@ class HttpApi:
                                       sessions=self._sessions.account_of)
         app = web.Application(
             middlewares=[audit_writes(self._store.pool), errors_as_json,
-                         access_control(authenticator)],
+                         access_control(authenticator, https_only=(
+                             self._settings.public_url or "").startswith("https://"))],
             client_max_size=64 * 1024)
         account = "/v1/accounts/{account_id}"
         app.router.add_get("/healthz", self.healthz, allow_head=False)

@@ -57,7 +57,7 @@ def when_text(when: datetime | str | None) -> str:
         return when_text(parsed)
     if when is None:
         return ""
-    return when.astimezone(UTC).strftime("%d %b %Y, %H:%M UTC")
+    return when.astimezone(UTC).strftime("%d %b %Y %H:%M")
 
 
 @dataclass(frozen=True, slots=True)

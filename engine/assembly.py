@@ -116,6 +116,7 @@ async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Poo
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(metrics_server.server_close)  # after shutdown (callbacks run last first)
         stack.callback(metrics_server.shutdown)
         watcher = TariffWatcher(tariffs, float(settings.tariff_poll_seconds))
         await watcher.start()

@@ -29,16 +29,21 @@
     });
     let data = {};
     try { data = await response.json(); } catch (e) { data = {}; }
-    if (response.status === 401) { sessionExpired(); }
+    if (response.status === 401) {
+      stop("This link has expired. Open Account > Billing again to get a new one.");
+    } else if (response.status === 403 && data.error && data.error.code === "csrf_failed") {
+      stop("Another billing link was opened in this browser since this page was. Reload it.");
+    }
     return { status: response.status, data };
   }
 
-  function sessionExpired() {
+  // The session ended (or was replaced): show nothing more, change nothing.
+  function stop(why) {
     if (expired) return;
     expired = true;
     clearTimeout(timer);
     const note = $("session-note");
-    note.textContent = "This link has expired. Open Account > Billing again to get a new one.";
+    note.textContent = why;
     note.hidden = false;
     document.querySelectorAll("button, input").forEach((el) => { el.disabled = true; });
   }

@@ -28,7 +28,7 @@ from rating.payments.simulated import SimulatedProvider, sample_card
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore, NewAccount
 from rating.stores.ledger import RatedUsage, apply_usage
-from tests.integration.test_http_api import AUTH, TOKEN, start_api
+from tests.integration.test_http_api import AUTH, TOKEN, assert_matches, start_api
 from tests.support import write_flat_tariffs
 
 
@@ -145,10 +145,19 @@ async def test_a_wrong_or_expired_link_shows_only_that_it_expired(
 async def test_a_second_link_replaces_the_first_and_never_shows_both(
         site: Site, browser: Browser) -> None:
     await browser.open(await site.link("acct-1"))
+    first_page = browser.csrf
     status, html = await browser.open(await site.link("acct-2"))
     assert status == 200 and "777.77 EUR" in html and "acct-1" not in html
     _, state = await browser.call("GET", "/billing/state")
     assert state["account"]["id"] == "acct-2" and "acct-1" not in orjson.dumps(state).decode()
+    # The first page, still open in another tab, gets nothing of acct-2 (nor writes to it).
+    browser.csrf = first_page
+    for method, path, body in [("GET", "/billing/state", None),
+                               ("POST", "/billing/pay", {"amount": "10", "idempotency_key": "x"}),
+                               ("GET", "/billing/ledger.csv", None)]:
+        status, refused = await browser.call(method, path, body)
+        assert (status, refused["error"]["code"]) == (403, "csrf_failed"), path
+    assert site.provider.charge_calls == 0
     # A wrong link forgets the session the browser held: nothing of acct-2 shows after it.
     await browser.open(f"{site.url}/billing?session=wrong")
     status, html = await browser.open(f"{site.url}/billing")
@@ -184,6 +193,12 @@ async def test_declines_and_unusable_cards_say_why(site: Site, browser: Browser)
                                       {"amount": "25", "idempotency_key": "d1"})
     assert status == 402 and body["error"]["reason"] == "card_declined"
     assert body["error"]["reason_text"] == "The card was declined."
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{site.url}/v1/accounts/acct-1/topups", headers=AUTH) as response:
+        payments = await response.json()
+    assert_matches(payments, "Topups")
+    assert [(t["idempotency_key"], t["amount"], t["status"], t["reason"])
+            for t in payments["topups"]] == [("d1", "25.000000", "declined", "card_declined")]
     site.provider.set_behaviour("succeed", account_id="acct-1")
     site.provider.set_card("acct-1", "expired")
     _, state = await browser.call("GET", "/billing/state")
@@ -243,23 +258,28 @@ async def test_the_months_ledger_as_csv_and_the_v1_reads_the_page_uses(
         await apply_usage(conn, [RatedUsage(charge, datetime.now(UTC), False)])
     await browser.open(await site.link("acct-1"))
     month = datetime.now(UTC).strftime("%Y-%m")
+    page = f"{site.url}/billing/ledger.csv?page_token={browser.csrf}&month="
     async with browser.http.get(f"{site.url}/billing/ledger.csv?month={month}") as response:
+        assert response.status == 403  # a cross-site link has no page token
+    async with browser.http.get(page + month) as response:
         assert response.status == 200 and response.content_type == "text/csv"
         rows = list(csv.DictReader(io.StringIO(await response.text())))
     assert [(r["kind"], r["service"], r["amount"], r["event_id"]) for r in rows] == [
         ("usage", "call", "-0.250000", "'=cmd|' /C calc'!A0")]
-    async with browser.http.get(f"{site.url}/billing/ledger.csv?month=2026-13") as response:
+    async with browser.http.get(page + "2026-13") as response:
         assert response.status == 400
     async with aiohttp.ClientSession() as http:
         session = {"Authorization": f"Bearer {(await site.link('acct-1')).rpartition('=')[2]}"}
-        for path, expected in [
-                ("payment-method", {"saved": True, "brand": sample_card("acct-1").brand}),
-                ("recharges", {"in_flight": None, "last": None}),
-                ("topups", {"topups": []})]:
+        for path, schema, expected in [
+                ("payment-method", "PaymentMethod",
+                 {"saved": True, "brand": sample_card("acct-1").brand, "expired": False}),
+                ("recharges", "Recharges", {"in_flight": None, "last": None}),
+                ("topups", "Topups", {"topups": []})]:
             async with http.get(f"{site.url}/v1/accounts/acct-1/{path}",
                                 headers=session) as response:
                 body = await response.json()
                 assert response.status == 200 and expected.items() <= body.items(), path
+                assert_matches(body, schema)
             async with http.get(f"{site.url}/v1/accounts/acct-2/{path}",
                                 headers=session) as response:
                 assert response.status == 404, path
