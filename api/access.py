@@ -230,7 +230,8 @@ async def _page_request(authenticator: Authenticator, request: web.Request,
         if access.html:  # the page's handler answers with its "link expired" page
             return _withheld_cookie_reload(request, token) or await _expired(request, handler)
         raise ApiError(401, "session_expired", "this billing link has expired: ask for a new one")
-    if not access.html and not hmac.compare_digest(_page_token(request), csrf_token(token)):
+    if not access.html and not hmac.compare_digest(
+            _page_token(request).encode("utf-8", "surrogateescape"), csrf_token(token).encode()):
         # Also refuses a page left open after another account's link replaced the cookie.
         raise ApiError(403, "csrf_failed",
                        f"the page's {CSRF_HEADER} is required; reload the billing page")

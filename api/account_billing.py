@@ -14,7 +14,7 @@ from aiohttp import web
 
 from api.access import CUSTOMER, requires
 from api.http_json import json_response
-from rating.core.errors import ApiError
+from rating.core.errors import ApiError, PaymentUnavailable
 from rating.core.money import format_amount
 from rating.payments.provider import PaymentMethod
 from rating.stores import billing_reads
@@ -99,8 +99,13 @@ class AccountBilling:
     # --- the shared reads (the account must exist: UnknownAccount otherwise) ---
 
     async def payment_method(self, account_id: str) -> PaymentMethod | None:
+        """The saved card; ``PaymentUnavailable`` when the provider does not answer."""
         await self.store.get(account_id)
-        return await self.topups.provider.payment_method(account_id)
+        try:
+            return await self.topups.provider.payment_method(account_id)
+        except Exception as exc:
+            raise PaymentUnavailable(
+                f"payment provider unavailable ({type(exc).__name__})") from exc
 
     async def recent_topups(self, account_id: str, limit: int = 10) -> list[TopupPayment]:
         await self.store.get(account_id)

@@ -10,6 +10,7 @@ from typing import Any
 
 from api.account_billing import AccountBilling
 from rating.core.currency import display_amount, display_money, presets_for
+from rating.core.errors import PaymentUnavailable
 from rating.core.money import DEFAULT_MAX_AMOUNT, format_amount, parse_amount
 from rating.core.tariff import SERVICES
 from rating.payments.provider import PaymentMethod
@@ -87,6 +88,7 @@ class Card:
     last4: str = ""
     expiry: str = ""
     expired: bool = False
+    unknown: bool = False  # the provider did not answer: a payment may still work
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +254,10 @@ async def billing_view(reads: AccountBilling, settings: Settings, account_id: st
                                Money(debited, currency), Money(accrued, currency), events,
                                service == "stt" and account.stt_billing == "invoice"))
     entries = [_entry(e) for e in await store.recent_ledger(account_id, RECENT_ENTRIES)]
-    card = _card(await reads.payment_method(account_id), now)
+    try:
+        card = _card(await reads.payment_method(account_id), now)
+    except PaymentUnavailable:
+        card = Card(saved=False, unknown=True)
     recharges = await reads.recharges(account_id)
     payments = [Payment(Money(t.amount, currency), t.status, t.reason, when_text(t.created_at))
                 for t in await reads.recent_topups(account_id, RECENT_PAYMENTS)]
@@ -288,6 +293,8 @@ async def billing_view(reads: AccountBilling, settings: Settings, account_id: st
 
 
 def _pay_blocked(card: Card) -> str | None:
+    if card.unknown:
+        return None
     if not card.saved:
         return "No card is saved, so a payment cannot be made. Save a card first."
     if card.expired:

@@ -286,3 +286,33 @@ async def test_the_months_ledger_as_csv_and_the_v1_reads_the_page_uses(
         async with http.get(f"{site.url}/v1/accounts/acct-1/ledger.csv",
                             headers=session) as response:
             assert "-0.250000" in await response.text()
+
+
+async def test_bad_input_and_a_silent_provider_never_break_the_page(
+        site: Site, browser: Browser, monkeypatch: pytest.MonkeyPatch) -> None:
+    await browser.open(await site.link("acct-1"))
+    for token in ("é" * 64, "x" * 5_000, ""):
+        browser.csrf = token
+        status, body = await browser.call("GET", "/billing/state")
+        assert (status, body["error"]["code"]) == (403, "csrf_failed")
+    status, html = await browser.open(f"{site.url}/billing")
+    for raw in (b"not json", b"[]", b'{"amount": 10, "idempotency_key": "k"}',
+                b'{"amount": "10"}', orjson.dumps({"amount": "10", "idempotency_key": "k" * 300})):
+        async with browser.http.post(f"{site.url}/billing/pay", data=raw,
+                                     headers={CSRF_HEADER: browser.csrf}) as response:
+            assert 400 <= response.status < 500, raw
+            assert (await response.json())["error"]["code"]
+    assert site.provider.charge_calls == 0
+
+    async def silent(_account_id: str) -> None:
+        raise TimeoutError("no answer")
+
+    monkeypatch.setattr(site.provider, "payment_method", silent)
+    status, html = await browser.open(f"{site.url}/billing")
+    assert status == 200 and "cannot be read right now" in html and "12.3456 EUR" in html
+    status, state = await browser.call("GET", "/billing/state")
+    assert status == 200 and state["pay_blocked"] is None
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{site.url}/v1/accounts/acct-1/payment-method", headers=AUTH) as response:
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == "payment_unavailable"
