@@ -14,6 +14,8 @@
   let timer = null;
   let expired = false;
   let pendingSoon = false;  // a payment or recharge in flight: look again sooner
+  let generation = 0;  // bumped by each change made here: older poll answers are dropped
+  let changing = 0;  // changes in flight: poll answers wait for them
 
   function say(el, text, kind) {
     el.textContent = text || "";
@@ -65,9 +67,10 @@
 
   async function refresh() {
     if (expired) return;
+    const asked = generation;
     try {
       const { status, data } = await send("GET", "/billing/state");
-      if (status === 200) apply(data);
+      if (status === 200 && asked === generation && changing === 0) apply(data);
     } catch (e) { /* offline for a moment: the next poll tries again */ }
     schedule();
   }
@@ -91,9 +94,12 @@
     paySubmit.disabled = true;
     document.querySelectorAll('input[name="amount"]').forEach((el) => { el.disabled = true; });
     say(message, "Paying…");
+    generation++;
+    changing++;
     try {
       const { status, data } = await send("POST", "/billing/pay",
                                           { amount: chosen.value, idempotency_key: payKey });
+      generation++;
       if (data.next_idempotency_key) payKey = data.next_idempotency_key;
       if (status === 200) {
         say(message, "Paid: " + data.amount_text + " added to your credit.", "success");
@@ -111,6 +117,7 @@
     } catch (e) {
       say(message, "No connection. Try again: you will not be charged twice.", "error");
     } finally {
+      changing--;
       paying = false;
       document.querySelectorAll('input[name="amount"]').forEach((el) => { el.disabled = expired; });
       paySubmit.disabled = payBlocked || expired;
@@ -134,8 +141,11 @@
   async function saveAuto(body, done) {
     const message = $("auto-message");
     say(message, "Saving…");
+    generation++;
+    changing++;
     try {
       const { status, data } = await send("PUT", "/billing/auto-recharge", body);
+      generation++;
       if (status === 200) {
         showFieldErrors(null);
         switchTurnedOnHere = false;
@@ -155,6 +165,8 @@
       }
     } catch (e) {
       say(message, "No connection. Try again.", "error");
+    } finally {
+      changing--;
     }
   }
 

@@ -28,11 +28,15 @@ def balance(page: Page) -> Locator:
 async def open_link(context: BrowserContext, link: str) -> Page:
     page = await context.new_page()
     errors: list[str] = []
+    requested: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("request", lambda request: requested.append(request.url))
     await page.goto(link)
     await expect(balance(page)).to_be_visible()
     assert page.url.endswith("/billing") and "session=" not in page.url  # the token left
     assert errors == []
+    origin = link.partition("/billing")[0] + "/"
+    assert [url for url in requested if not url.startswith((origin, "data:"))] == []
     return page
 
 

@@ -316,3 +316,22 @@ async def test_bad_input_and_a_silent_provider_never_break_the_page(
             f"{site.url}/v1/accounts/acct-1/payment-method", headers=AUTH) as response:
         assert response.status == 503
         assert (await response.json())["error"]["code"] == "payment_unavailable"
+
+
+async def test_speech_to_text_on_the_invoice_is_marked_so(site: Site, browser: Browser) -> None:
+    store = AccountStore(site.pool)
+    await store.set_stt_billing("acct-1", "invoice")
+    stt = Charge("job-1", "sw", "acct-1", "stt", None, parse_amount("0.048"), "EUR", "flat")
+    call = Charge("call-1", "sw", "acct-1", "call", "FR", parse_amount("0.2"), "EUR", "flat")
+    async with site.pool.acquire() as conn:
+        await apply_usage(conn, [RatedUsage(stt, datetime.now(UTC), True),
+                                 RatedUsage(call, datetime.now(UTC), False)])
+    status, html = await browser.open(await site.link("acct-1"))
+    assert status == 200
+    row = re.search(r'<tr data-service="stt">(.*?)</tr>', html, re.S)
+    assert row is not None and "0.048 EUR" in row.group(1)
+    assert "billed on invoice" in row.group(1)
+    calls = re.search(r'<tr data-service="call">(.*?)</tr>', html, re.S)
+    assert calls is not None and "0.20 EUR" in calls.group(1) and "invoice" not in calls.group(1)
+    assert ">12.1456 EUR</output>" in html  # the call came out of credit, the job did not
+    assert "<td>FR</td>" in html and "on invoice" in html
