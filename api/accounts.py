@@ -15,7 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from api.access import CUSTOMER, OPERATOR, SWITCH, Authenticator, access_control, requires
+from api.account_billing import AccountBilling
 from api.audit_trail import audit_writes
+from api.billing_page import BillingPage
 from api.http_json import (
     amount_field,
     errors_as_json,
@@ -83,7 +85,8 @@ class HttpApi:
                                       sessions=self._sessions.account_of)
         app = web.Application(
             middlewares=[audit_writes(self._store.pool), errors_as_json,
-                         access_control(authenticator)],
+                         access_control(authenticator, https_only=(
+                             self._settings.public_url or "").startswith("https://"))],
             client_max_size=64 * 1024)
         account = "/v1/accounts/{account_id}"
         app.router.add_get("/healthz", self.healthz, allow_head=False)
@@ -101,6 +104,9 @@ class HttpApi:
         app.router.add_put(f"{account}/stt-billing", self.stt_billing, name="stt_billing.set")
         app.router.add_post(f"{account}/adjustments", self.adjust, name="adjustment")
         OperatorRoutes(self._store, self._sessions, self._settings).add_to(app)
+        billing = AccountBilling(self._store, self._topups)
+        billing.add_to(app)
+        BillingPage(billing, self._settings).add_to(app)
         return app
 
     async def start(self) -> None:

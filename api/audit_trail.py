@@ -1,7 +1,8 @@
 """Every write through the API leaves an audit row: who, what, which account, outcome.
 
 A middleware, so that no handler can forget it: it runs around each ``/v1`` request
-that is not a read, once the caller is authenticated (unauthenticated attempts are
+that is not a read, and each write of the billing page (``/billing/…``, actor
+``session:ACCOUNT``), once the caller is authenticated (unauthenticated attempts are
 refused before anything is written, and only counted, so that they cannot fill
 the table). The outcome is the HTTP status and, for an error, its code.
 """
@@ -22,6 +23,7 @@ from rating.stores import audit
 
 log = logging.getLogger(__name__)
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
+_AUDITED = ("/v1/", "/billing/")
 
 
 def _outcome(response: web.StreamResponse) -> str:
@@ -57,14 +59,15 @@ def audit_writes(pool: asyncpg.Pool) -> Callable[..., Awaitable[web.StreamRespon
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         principal = request.get(PRINCIPAL_KEY)
-        if (request.method in _READS or not request.path.startswith("/v1/")
+        if (request.method in _READS or not request.path.startswith(_AUDITED)
                 or principal is None):
             return response
         route = request.match_info.route
         action = route.name or f"{request.method} {request.path}"
         try:
             await audit.record(pool, actor=principal.name, action=action,
-                               account_id=request.match_info.get("account_id"),
+                               account_id=(request.match_info.get("account_id")
+                                           or principal.account_id),
                                outcome=_outcome(response), detail=await _detail(request))
         except Exception as exc:  # the write itself is done; say loudly that its trail is not
             log.error("audit row for %s %s by %s not written: %s", request.method,

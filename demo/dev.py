@@ -10,6 +10,7 @@ import time
 
 from prometheus_client import REGISTRY
 
+from api.operator import portal_url
 from demo.simulator import (
     TrafficGenerator,
     demo_accounts,
@@ -22,6 +23,7 @@ from rating.core.errors import CommandError
 from rating.core.money import parse_amount
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore, NewAccount
+from rating.stores.sessions import MAX_TTL_SECONDS, SessionStore
 
 DEMO_BALANCE = parse_amount("8.00")
 DEMO_THRESHOLD = parse_amount("5.00")
@@ -72,6 +74,14 @@ async def status_line(interval_s: float = 2.0) -> None:
               f" | top-ups {published['topup.credited']:,.0f}", file=sys.stderr, flush=True)
 
 
+async def demo_billing_link(engine: Engine, account_id: str) -> str:
+    """A ready-to-open customer billing link (CONTRACT §8) for one demo account."""
+    issued = await SessionStore(engine.pool).issue(account_id, ttl_seconds=MAX_TTL_SECONDS,
+                                                   issued_by="dev")
+    base = engine.settings.public_url or f"http://127.0.0.1:{engine.http_port}"
+    return portal_url(base, issued.token)
+
+
 async def start_dev(engine: Engine, options: argparse.Namespace,
                     stack: contextlib.AsyncExitStack) -> list[asyncio.Task[None]]:
     store = AccountStore(engine.pool)
@@ -86,6 +96,8 @@ async def start_dev(engine: Engine, options: argparse.Namespace,
 
     print(f"dev: {len(accounts)} demo accounts (acct-0001..), simulated switch at "
           f"{options.rate}", file=sys.stderr, flush=True)
+    print(f"dev: billing page of {accounts[0]} (valid a day): "
+          f"{await demo_billing_link(engine, accounts[0])}", file=sys.stderr, flush=True)
     return [asyncio.create_task(simulate(), name="simulator"),
             asyncio.create_task(status_line(), name="status-line")]
 

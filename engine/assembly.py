@@ -33,6 +33,7 @@ from engine.services import (
     kafka_producer,
     migrate_database,
 )
+from rating.payments.provider import PaymentProvider
 from rating.payments.simulated import SimulatedProvider
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore
@@ -57,6 +58,7 @@ class Engine:
     consumer: UsageConsumer
     relay: OutboxRelay
     metrics_port: int
+    http_port: int = 0  # where the account API (and the billing page) listens, once started
 
     async def readiness(self) -> dict[str, bool]:
         try:
@@ -81,8 +83,13 @@ def load_tariff_store(settings: Settings) -> TariffStore:
 OnStarted = Callable[["Engine", contextlib.AsyncExitStack], Awaitable[list["asyncio.Task[None]"]]]
 
 
-async def serve(settings: Settings, *, on_started: OnStarted | None = None) -> int:
-    """Run until SIGTERM/SIGINT; return the exit status."""
+async def serve(settings: Settings, *, on_started: OnStarted | None = None,
+                provider: PaymentProvider | None = None,
+                stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); return the exit status.
+
+    ``provider`` replaces the simulated one ``settings`` describe (tests hold theirs).
+    """
     tariffs = load_tariff_store(settings)
     async with endpoints(settings) as ends:
         pool = await create_pool(ends.database_url, max_size=10)
@@ -93,23 +100,24 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None) -> i
                 settings.balance_topic: BALANCE_PARTITIONS})
             async with kafka_producer(ends.kafka_bootstrap) as producer:
                 return await _run_components(settings, ends, pool, producer, tariffs,
-                                             on_started)
+                                             on_started, provider, stop or asyncio.Event())
         finally:
             await pool.close()
 
 
 async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Pool,
                           producer: AIOKafkaProducer, tariffs: TariffStore,
-                          on_started: OnStarted | None) -> int:
+                          on_started: OnStarted | None, provider: PaymentProvider | None,
+                          stop: asyncio.Event) -> int:
     consumer = UsageConsumer(settings, ends.kafka_bootstrap, pool, tariffs, producer)
     relay = OutboxRelay(pool, producer, settings.balance_topic)
     metrics_server, _thread = start_http_server(settings.metrics_port, addr=settings.http_host)
     metrics_port = metrics_server.server_port
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(metrics_server.server_close)  # after shutdown (callbacks run last first)
         stack.callback(metrics_server.shutdown)
         watcher = TariffWatcher(tariffs, float(settings.tariff_poll_seconds))
         await watcher.start()
@@ -117,7 +125,8 @@ async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Poo
         await consumer.start()
         stack.push_async_callback(consumer.close)
         engine = Engine(settings, ends, pool, producer, tariffs, consumer, relay, metrics_port)
-        extras = await _start_extras(engine, stack)
+        extras = await _start_extras(engine, stack, provider)
+        engine.http_port = extras.http_port
         _announce(engine, extras.http_port)
         added = [] if on_started is None else await on_started(engine, stack)
         tasks = [asyncio.create_task(consumer.run(), name="usage-consumer"),
@@ -153,9 +162,11 @@ class Extras:
     http_port: int
 
 
-async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack) -> Extras:
+async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack,
+                        provider: PaymentProvider | None) -> Extras:
     """The recharge worker and the HTTP API."""
-    provider = SimulatedProvider.from_spec(engine.settings.payment_simulation)
+    if provider is None:
+        provider = SimulatedProvider.from_spec(engine.settings.payment_simulation)
     store = AccountStore(engine.pool)
     policy = RechargePolicy(retry_delays_s=engine.settings.recharge_retry_seconds,
                             sweep_every_s=engine.settings.recharge_sweep_seconds)
@@ -183,6 +194,8 @@ def _announce(engine: Engine, http_port: int) -> None:
         f"  metrics        http://127.0.0.1:{engine.metrics_port}/metrics",
         f"  account API    http://127.0.0.1:{http_port}/v1/accounts/{{id}}"
         f"   (health: /healthz, /readyz)",
+        f"  billing page   http://127.0.0.1:{http_port}/billing"
+        "   (a customer's link: rating-engine accounts portal-link ID)",
         f"  tariffs        {engine.settings.tariffs_dir}",
         "  stop with Ctrl-C (or SIGTERM)",
     ]

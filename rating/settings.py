@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from rating.core.currency import parse_presets
 from rating.core.rate import MAX_BATCH_EVENTS
 
 T = TypeVar("T")
@@ -51,6 +52,13 @@ def _public_url(name: str, raw: str) -> str | None:
     if not value.startswith(("http://", "https://")) or " " in value:
         raise SettingsError(f"{name}: expected http://HOST[:PORT] or https://…, got {raw!r}")
     return value
+
+
+def _presets(name: str, raw: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    try:
+        return tuple(sorted(parse_presets(raw).items()))
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
 
 
 def parse_bootstrap(name: str, raw: str) -> tuple[str, ...] | None:
@@ -136,6 +144,9 @@ class Settings:
     recharge_retry_seconds: tuple[float, ...] = (60.0, 300.0, 1800.0)
     # How often the recharge sweeper looks for accounts left below their threshold.
     recharge_sweep_seconds: float = 5.0
+    # The billing page's one-time amounts per currency (currency -> micro-units);
+    # a currency not listed gets 10, 25, 50 and 100.
+    topup_presets: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("usage_topic", "dlq_topic", "balance_topic", "consumer_group",
@@ -195,4 +206,5 @@ class Settings:
                                           defaults.recharge_retry_seconds),
             recharge_sweep_seconds=parsed("RATING_RECHARGE_SWEEP_SECONDS", _seconds,
                                           defaults.recharge_sweep_seconds),
+            topup_presets=parsed("RATING_TOPUP_PRESETS", _presets, defaults.topup_presets),
         )

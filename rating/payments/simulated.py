@@ -1,10 +1,14 @@
 """The simulated card processor: deterministic outcomes chosen by a spec string.
 
 Chosen explicitly (``RATING_PAYMENT_SIMULATION``), never by default in production.
+Every account has a deterministic test card (``sample_card``) unless told it has none
+or that it is expired (``set_card``); a charge on such an account is declined with
+``no_payment_method`` or ``expired_card``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,9 +19,20 @@ from rating.core.errors import (
     PaymentUnavailable,
     UnknownPayment,
 )
-from rating.payments.provider import ChargeRequest, PaymentResult, PaymentStatus
+from rating.payments.provider import ChargeRequest, PaymentMethod, PaymentResult, PaymentStatus
 
 SimulatedMode = Literal["succeed", "decline", "hard_decline", "delay", "unavailable"]
+SimulatedCard = Literal["test", "none", "expired"]
+_BRANDS = ("Visa", "Mastercard", "American Express")
+
+
+def sample_card(account_id: str, *, expired: bool = False) -> PaymentMethod:
+    """The simulated provider's card for ``account_id``: the same for every run."""
+    h = hashlib.sha256(account_id.encode("utf-8", "surrogatepass")).digest()
+    return PaymentMethod(brand=_BRANDS[h[0] % len(_BRANDS)],
+                         last4=f"{int.from_bytes(h[1:3], 'big') % 10_000:04d}",
+                         exp_month=1 + h[3] % 12,
+                         exp_year=(2021 if expired else 2031) + h[4] % 4)
 
 
 @dataclass(slots=True)
@@ -81,6 +96,7 @@ class SimulatedProvider:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._default = _parse_spec(spec)
         self._per_account: dict[str, _Behaviour] = {}
+        self._cards: dict[str, SimulatedCard] = {}
         self._by_key: dict[str, SimulatedPayment] = {}
         self._by_id: dict[str, SimulatedPayment] = {}
         self._clock = clock
@@ -99,6 +115,20 @@ class SimulatedProvider:
             self._default = behaviour
         else:
             self._per_account[account_id] = behaviour
+
+    def set_card(self, account_id: str, card: SimulatedCard) -> None:
+        """Give ``account_id`` its test card, no card, or an expired one."""
+        if card not in ("test", "none", "expired"):
+            raise ValueError(f"expected 'test', 'none' or 'expired', got {card!r}")
+        self._cards[account_id] = card
+
+    async def payment_method(self, account_id: str) -> PaymentMethod | None:
+        card = self._cards.get(account_id, "test")
+        return None if card == "none" else sample_card(account_id, expired=card == "expired")
+
+    def _card_problem(self, account_id: str) -> str | None:
+        card = self._cards.get(account_id, "test")
+        return {"none": "no_payment_method", "expired": "expired_card"}.get(card)
 
     def captured(self, account_id: str | None = None) -> list[SimulatedPayment]:
         """Payments that took money (succeeded), optionally of one account."""
@@ -124,12 +154,16 @@ class SimulatedProvider:
             status = "succeeded"
         elif behaviour.mode in ("decline", "hard_decline"):
             status = "declined"
+        reason, hard = _REASONS.get(behaviour.mode), behaviour.mode == "hard_decline"
+        card_problem = self._card_problem(request.account_id)
+        if card_problem is not None:  # nothing to charge, and retrying cannot help
+            status, reason, hard = "declined", card_problem, True
         payment = SimulatedPayment(
             payment_id=f"simpay_{len(self.payments) + 1:06d}",
             idempotency_key=request.idempotency_key, account_id=request.account_id,
             amount=request.amount, currency=request.currency,
             status=status,
-            reason=_REASONS.get(behaviour.mode), hard=behaviour.mode == "hard_decline",
+            reason=reason, hard=hard,
             settles_at=(self._clock() + behaviour.delay_s
                         if behaviour.mode == "delay" else None))
         self.payments.append(payment)

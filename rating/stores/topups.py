@@ -45,6 +45,10 @@ class TopupService:
         self._provider = provider
         self.policy = policy or RechargePolicy()
 
+    @property
+    def provider(self) -> PaymentProvider:
+        return self._provider
+
     async def topup(self, account_id: str, amount: int, idempotency_key: str) -> TopupResult:
         """Raises ``PaymentDeclined``, ``PaymentUnavailable`` (ask again with the same key),
         ``IdempotencyConflict`` (key reused for another amount) or ``UnknownAccount``."""
