@@ -6,7 +6,9 @@ stateless: a call's events telescope to ``cost(total)`` in any order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from rating.core.money import format_amount
 
 # A free timed rate (zero per minute, affordable connect fee) never runs out;
 # authorization needs a finite number, so it is capped at about 68 years.
@@ -48,6 +50,11 @@ class TimedRate:
     rate_per_minute: int
     connect_fee: int
     increment: Increment
+    # The three as a charge's rated detail writes them (decimal strings, "a/b"): made
+    # once here, since a deck shares a few dozen rates among all its rows and events.
+    rate_text: str = field(init=False, repr=False, compare=False)
+    connect_fee_text: str = field(init=False, repr=False, compare=False)
+    increment_text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Negative prices would make charges negative and break the monotonicity
@@ -58,6 +65,9 @@ class TimedRate:
         ):
             if type(value) is not int or value < 0:
                 raise ValueError(f"{name} must be a non-negative int of micro-units")
+        object.__setattr__(self, "rate_text", format_amount(self.rate_per_minute))
+        object.__setattr__(self, "connect_fee_text", format_amount(self.connect_fee))
+        object.__setattr__(self, "increment_text", str(self.increment))
 
 
 def billable_seconds(t: int, inc: Increment) -> int:
@@ -94,6 +104,26 @@ def charge(from_s: int, to_s: int, rate: TimedRate) -> int:
     if from_s == 0:
         return cost(to_s, rate)
     return cost(to_s, rate) - cost(from_s, rate)
+
+
+def timed_charge(from_s: int, to_s: int, rate: TimedRate) -> tuple[int, int]:
+    """``(charge, billed seconds)`` of the interval ``from_s..to_s``: the charge as
+    ``charge`` computes it, and ``billable(to_s) - billable(from_s)``."""
+    if not 0 <= from_s <= to_s:
+        raise ValueError(f"need 0 <= from_s <= to_s, got {from_s}..{to_s}")
+    # billable_seconds and cost inlined: this runs for every call event.
+    inc = rate.increment
+    first, step = inc.first, inc.step
+    per_minute = rate.rate_per_minute
+    if to_s == 0:
+        return 0, 0
+    to_billed = first if to_s <= first else first + -(-(to_s - first) // step) * step
+    amount = rate.connect_fee + (per_minute * to_billed + 30) // 60
+    if from_s == 0:
+        return amount, to_billed
+    from_billed = first if from_s <= first else first + -(-(from_s - first) // step) * step
+    amount -= rate.connect_fee + (per_minute * from_billed + 30) // 60
+    return amount, to_billed - from_billed
 
 
 def sms_cost(rate_micros: int, segments: int) -> int:

@@ -5,15 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime
 
+from rating.core.detail import CallDetail, Detail, SmsDetail, SttDetail, TollFreeDetail
 from rating.core.errors import ChargeTooLarge, NoRate
 from rating.core.events import CallUsage, Service, SmsUsage, TollFreeUsage, UsageEvent
-from rating.core.pricing import TimedRate, charge, cost, sms_cost
+from rating.core.pricing import TimedRate, billable_seconds, cost, sms_cost, timed_charge
 from rating.core.tariff import PlanVersion, TariffBook
 
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """What one event costs; ``amount`` in micro-units of ``currency``, never negative."""
+    """What one event costs; ``amount`` in micro-units of ``currency``, never negative.
+
+    ``detail`` says what priced it (rating.core.detail), stored with the ledger row;
+    never mutated after rating.
+    """
 
     event_id: str
     source: str
@@ -23,6 +28,7 @@ class Charge:
     amount: int
     currency: str
     plan_id: str
+    detail: Detail | None = None
 
 
 # A frozen dataclass's __init__ pays a generic object.__setattr__ per field; at
@@ -38,6 +44,7 @@ _new = object.__new__
     _set_amount,
     _set_currency,
     _set_plan_id,
+    _set_detail,
 ) = (Charge.__dict__[field.name].__set__ for field in fields(Charge))
 
 
@@ -50,6 +57,7 @@ def _new_charge(
     amount: int,
     currency: str,
     plan_id: str,
+    detail: Detail,
 ) -> Charge:
     charge_ = _new(Charge)
     _set_event_id(charge_, event_id)
@@ -60,6 +68,7 @@ def _new_charge(
     _set_amount(charge_, amount)
     _set_currency(charge_, currency)
     _set_plan_id(charge_, plan_id)
+    _set_detail(charge_, detail)
     return charge_
 
 
@@ -82,26 +91,49 @@ def rate(event: UsageEvent, book: TariffBook, plan_id: str) -> Charge:
     """
     version = book.plan(plan_id, event.time)
     country: str | None
+    detail: Detail
     # Most frequent service first; isinstance keeps mypy's narrowing.
     if isinstance(event, CallUsage):
         if version.call is None:
             raise _no_service(version, "calls")
-        country, timed = version.call.lookup(event.destination)
-        amount = charge(event.from_s, event.to_s, timed)
+        country, prefix, timed = version.call.match(event.destination)
+        amount, billed = timed_charge(event.from_s, event.to_s, timed)
+        detail = CallDetail(
+            destination=event.destination, call_id=event.call_id, from_s=event.from_s,
+            to_s=event.to_s, billed_seconds=billed, rate=timed.rate_text,
+            connect_fee=timed.connect_fee_text, increment=timed.increment_text,
+            prefix=prefix, country=country, effective_from=version.effective_from_text)
     elif isinstance(event, SmsUsage):
         if version.sms is None:
             raise _no_service(version, "SMS")
-        country, per_segment = version.sms.lookup(event.destination)
-        amount = sms_cost(per_segment, event.segments)
+        sms_country, per_segment = version.sms.lookup(event.destination)
+        country, amount = sms_country, sms_cost(per_segment, event.segments)
+        detail = SmsDetail(
+            destination=event.destination, message_id=event.message_id,
+            segments=event.segments, rate=version.sms.texts[sms_country],
+            country=sms_country, effective_from=version.effective_from_text)
     elif isinstance(event, TollFreeUsage):
         if version.tollfree is None:
             raise _no_service(version, "toll-free")
-        country, timed = version.tollfree.lookup(event.tollfree_number, event.direction)
-        amount = charge(event.from_s, event.to_s, timed)
+        tf_country, timed = version.tollfree.lookup(event.tollfree_number, event.direction)
+        amount, billed = timed_charge(event.from_s, event.to_s, timed)
+        country = tf_country
+        detail = TollFreeDetail(
+            tollfree_number=event.tollfree_number, direction=event.direction,
+            call_id=event.call_id, from_s=event.from_s, to_s=event.to_s,
+            billed_seconds=billed, rate=timed.rate_text, connect_fee=timed.connect_fee_text,
+            increment=timed.increment_text, country=tf_country,
+            effective_from=version.effective_from_text)
     else:
-        if version.stt is None:
+        stt = version.stt
+        if stt is None:
             raise _no_service(version, "speech-to-text")
-        country, amount = None, cost(event.seconds, version.stt)
+        country, amount = None, cost(event.seconds, stt)
+        detail = SttDetail(
+            job_id=event.job_id, seconds=event.seconds,
+            billed_seconds=billable_seconds(event.seconds, stt.increment), rate=stt.rate_text,
+            connect_fee=stt.connect_fee_text, increment=stt.increment_text,
+            effective_from=version.effective_from_text)
     if amount > MAX_CHARGE:
         raise ChargeTooLarge(
             f"{event.service} priced at {amount} micro-{version.currency}, above the "
@@ -115,6 +147,7 @@ def rate(event: UsageEvent, book: TariffBook, plan_id: str) -> Charge:
         amount,
         version.currency,
         plan_id,
+        detail,
     )
 
 

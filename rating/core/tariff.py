@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from rating.core.countries import country_of
 from rating.core.errors import NoRate, UnknownPlan
+from rating.core.money import format_amount
 from rating.core.pricing import TimedRate
 
 # The four billed services, in the order every listing shows them.
@@ -40,18 +41,24 @@ class CallDeck:
 
     def lookup(self, e164: str) -> tuple[str | None, TimedRate]:
         """``(country, rate)`` for a number ``"+<digits>"``, or raise ``NoRate``."""
+        country, _prefix, rate = self.match(e164)
+        return country, rate
+
+    def match(self, e164: str) -> tuple[str | None, str | None, TimedRate]:
+        """``(country, matched prefix or None for the country row, rate)``, or ``NoRate``."""
         by_prefix = self.by_prefix
         if by_prefix:
             digits = e164[1:]
             for length in self.prefix_lengths:
-                hit = by_prefix.get(digits[:length])
+                prefix = digits[:length]
+                hit = by_prefix.get(prefix)
                 if hit is not None:
-                    return hit
+                    return hit[0], prefix, hit[1]
         country = country_of(e164)
         if country is not None:
             rate = self.by_country.get(country)
             if rate is not None:
-                return country, rate
+                return country, None, rate
         raise NoRate(f"no call rate for {e164} (country {country or 'unknown'})")
 
     def __len__(self) -> int:
@@ -79,6 +86,12 @@ class SmsDeck:
     """Per-segment SMS prices (micro-units) by destination country."""
 
     rates: Mapping[str, int]
+    # Each price as the rated detail writes it (a decimal string), made once.
+    texts: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "texts", {country: format_amount(rate)
+                                           for country, rate in self.rates.items()})
 
     def lookup(self, e164: str) -> tuple[str, int]:
         country = country_of(e164)
@@ -99,6 +112,13 @@ class PlanVersion:
     tollfree: TollFreeDeck | None = None
     sms: SmsDeck | None = None
     stt: TimedRate | None = None
+    # effective_from as the rated detail writes it (RFC 3339, UTC), made once.
+    effective_from_text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        when = self.effective_from
+        text = (when.astimezone(UTC) if when.tzinfo is not None else when).isoformat()
+        object.__setattr__(self, "effective_from_text", text.replace("+00:00", "Z"))
 
 
 @dataclass(frozen=True, slots=True)
