@@ -73,8 +73,8 @@ async def lookup_accounts(conn: Connection,
 # in C, where binding ten typed arrays cost the engine more CPU than anything but
 # decoding (asyncpg checks every array element in Python). json_to_recordset reads it
 # back as typed columns (s source, i id, a account, p price, v on invoice, k service,
-# c country, l plan, u currency, t time); amounts are JSON integers, read exactly as
-# bigint. $2 is the batch's account ids, sorted.
+# c country, l plan, u currency, t time, d rated detail); amounts are JSON integers,
+# read exactly as bigint. $2 is the batch's account ids, sorted.
 #
 # Lock order: ``locked`` takes the accounts' row locks in id order, so that
 # concurrent writers never deadlock. The UPDATE joins ``lock_count``, an aggregate
@@ -87,17 +87,18 @@ WITH input AS (
            CASE WHEN v THEN 'invoice' ELSE 'usage' END AS kind,
            CASE WHEN v THEN 0 ELSE -p END AS amount,
            CASE WHEN v THEN p ELSE 0 END AS accrued,
-           k AS service, c AS country, l AS plan_id, u AS currency, t AS event_time
+           k AS service, c AS country, l AS plan_id, u AS currency, t AS event_time,
+           d AS detail
     FROM json_to_recordset($1::json)
         AS r(s text, i text, a text, p bigint, v bool, k text, c text, l text, u text,
-             t timestamptz)
+             t timestamptz, d jsonb)
 ), locked AS (
     SELECT id FROM accounts WHERE id = ANY($2::text[]) ORDER BY id FOR UPDATE
 ), lock_count AS (
     SELECT count(*) AS n FROM locked
 ), inserted AS (
     INSERT INTO ledger (event_source, event_id, account_id, kind, amount, accrued, service,
-                        country, plan_id, currency, event_time)
+                        country, plan_id, currency, event_time, detail)
     SELECT * FROM input
 """
 
@@ -187,7 +188,7 @@ def debit_rows(batch: Sequence[RatedUsage]) -> list[dict[str, object]]:
     return [
         {"s": c.source, "i": c.event_id, "a": c.account_id, "p": c.amount,
          "v": u.on_invoice, "k": c.service, "c": c.country, "l": c.plan_id,
-         "u": c.currency, "t": u.event_time}
+         "u": c.currency, "t": u.event_time, "d": c.detail}
         for u in batch for c in (u.charge,)
     ]
 
