@@ -1,0 +1,79 @@
+"""A record of the dead-letter topic, read back: why an event was refused, and where.
+
+The usage consumer writes the original bytes and key with headers ``error``,
+``error_code`` and ``source_*`` (CONTRACT §2). Reading one back never fails: bytes
+that are not a JSON object simply have no id, source or subject.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+
+def _text(obj: object, key: str) -> str | None:
+    if isinstance(obj, dict):
+        value = obj.get(key)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DlqRecord:
+    """One dead-letter record; ``value`` and ``key`` are the original bytes, unchanged."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+    event_id: str | None
+    source: str | None
+    subject: str | None
+
+    @classmethod
+    def of(cls, partition: int, offset: int, timestamp_ms: int | None, key: bytes | None,
+           value: bytes | None, headers: Iterable[tuple[str, bytes | None]]) -> DlqRecord:
+        try:
+            obj = orjson.loads(value) if value else None
+        except orjson.JSONDecodeError:
+            obj = None
+        decoded = {name: (raw or b"").decode("utf-8", "replace") for name, raw in headers}
+        return cls(partition, offset, timestamp_ms, key, value, decoded,
+                   _text(obj, "id"), _text(obj, "source"), _text(obj, "subject"))
+
+    @property
+    def error_code(self) -> str | None:
+        return self.headers.get("error_code")
+
+    @property
+    def error(self) -> str | None:
+        return self.headers.get("error")
+
+    @property
+    def time(self) -> str | None:
+        """When the record was written to the DLQ (RFC 3339, UTC)."""
+        if self.timestamp_ms is None or self.timestamp_ms < 0:
+            return None
+        when = datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def listing(self) -> dict[str, object]:
+        """The line ``dlq list`` prints for it (CONTRACT §13, plus partition and time)."""
+        return {"id": self.event_id, "source": self.source, "subject": self.subject,
+                "error_code": self.error_code, "error": self.error, "offset": self.offset,
+                "partition": self.partition, "time": self.time}
+
+    def refused(self) -> dict[str, object]:
+        """What ``events show`` answers for an event found here (CONTRACT §13)."""
+        return {"status": "refused", "error_code": self.error_code, "error": self.error,
+                "offset": self.offset, "partition": self.partition, "time": self.time,
+                "account_id": self.subject}
+
+
+__all__ = ["DlqRecord"]
