@@ -7,6 +7,7 @@ the billing team can check a tariff change against real events before it ships.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -52,24 +53,37 @@ def _event_id(line: bytes) -> str | None:
     return None
 
 
-def rate_line(line: bytes, book: TariffBook, plan_id: str) -> bytes:
-    """The JSON answer for one input line: a charge or an error, never an exception."""
+# Beside the contract's fields (§7), what priced the charge: its rated detail's billed
+# quantity, rate, connect fee, increment, matched prefix and plan version.
+_EXPLAINED = ("billed_seconds", "segments", "rate", "connect_fee", "increment", "prefix")
+
+
+def rate_answer(line: bytes, book: TariffBook, plan_id: str) -> tuple[dict[str, object], bool]:
+    """The JSON answer for one input line, and whether it priced the event (never raises)."""
     event: UsageEvent | None = None
     try:
         event = decode_usage_event(line)
         charge = rate(event, book, plan_id)
     except RatingError as exc:
         event_id = event.event_id if event is not None else _event_id(line)
-        return orjson.dumps({"id": event_id, "error_code": exc.code, "error": str(exc)})
-    return orjson.dumps(
-        {
-            "id": charge.event_id,
-            "service": charge.service,
-            "country": charge.country,
-            "amount": format_amount(charge.amount),
-            "currency": charge.currency,
-        }
-    )
+        return {"id": event_id, "error_code": exc.code, "error": str(exc)}, False
+    answer: dict[str, object] = {
+        "id": charge.event_id,
+        "service": charge.service,
+        "country": charge.country,
+        "amount": format_amount(charge.amount),
+        "currency": charge.currency,
+        "plan": charge.plan_id,
+    }
+    detail: Mapping[str, object] = charge.detail or {}
+    answer.update((key, detail[key]) for key in _EXPLAINED if key in detail)
+    answer["plan_version"] = detail.get("effective_from")
+    return answer, True
+
+
+def rate_line(line: bytes, book: TariffBook, plan_id: str) -> bytes:
+    """The JSON answer for one input line: a charge or an error, never an exception."""
+    return orjson.dumps(rate_answer(line, book, plan_id)[0])
 
 
 def rate_command(
@@ -81,8 +95,9 @@ def rate_command(
 ) -> int:
     """Rate JSON-lines usage events from ``inp``: one JSON line out per event line.
 
-    Returns 0 (bad events are answered with error lines), or 1 when the tariffs
-    themselves do not load, listing their issues on ``err`` (stderr by default).
+    Returns 0 when at least one event was priced (bad events are answered with error
+    lines), 1 when every line failed, or when the tariffs themselves do not load,
+    listing their issues on ``err`` (stderr by default).
     """
     try:
         book = load_tariffs(root)
@@ -94,13 +109,17 @@ def rate_command(
     # Read bytes so that invalid UTF-8 becomes an invalid_json line, not a crash.
     source = getattr(inp, "buffer", inp)
     interactive = inp.isatty()
+    lines = priced = 0
     for raw in source:
         line = raw.encode() if isinstance(raw, str) else raw
         if not line.strip():
             continue
-        out.write(rate_line(line, book, plan_id).decode())
+        answer, ok = rate_answer(line, book, plan_id)
+        lines += 1
+        priced += ok
+        out.write(orjson.dumps(answer).decode())
         out.write("\n")
         if interactive:
             out.flush()
     out.flush()
-    return 0
+    return 1 if lines and not priced else 0

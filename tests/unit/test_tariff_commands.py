@@ -93,16 +93,25 @@ def test_rate_command_outputs_one_line_per_event() -> None:
         ]
     )
     assert code == 0
+    # The fields of CONTRACT §7, then (additive) what priced each charge.
+    plan = {"plan": "standard", "plan_version": "2026-01-01T00:00:00Z"}
     assert rows == [
-        {"id": "e-1", "service": "call", "country": "FR", "amount": "0.020000", "currency": "EUR"},
-        {"id": "e-2", "service": "sms", "country": "GB", "amount": "0.080000", "currency": "EUR"},
-        {"id": "e-3", "service": "stt", "country": None, "amount": "0.042000", "currency": "EUR"},
+        {"id": "e-1", "service": "call", "country": "FR", "amount": "0.020000", "currency": "EUR",
+         **plan, "billed_seconds": 120, "rate": "0.010000", "connect_fee": "0.000000",
+         "increment": "60/60", "prefix": None},
+        {"id": "e-2", "service": "sms", "country": "GB", "amount": "0.080000", "currency": "EUR",
+         **plan, "segments": 2, "rate": "0.040000"},
+        {"id": "e-3", "service": "stt", "country": None, "amount": "0.042000", "currency": "EUR",
+         **plan, "billed_seconds": 105, "rate": "0.024000", "connect_fee": "0.000000",
+         "increment": "15/15"},
         {
             "id": "e-4",
             "service": "tollfree",
             "country": "US",
             "amount": "0.015000",
             "currency": "EUR",
+            **plan, "billed_seconds": 60, "rate": "0.015000", "connect_fee": "0.000000",
+            "increment": "60/60",
         },
     ]
 
@@ -137,9 +146,18 @@ def test_rate_command_answers_errors_and_keeps_going() -> None:
 
 
 def test_rate_command_unknown_plan_is_per_line() -> None:
-    code, rows = run_rate([event("usage.stt", {"job_id": "j", "seconds": 5})], plan="gold")
-    assert code == 0
-    assert rows[0]["error_code"] == "unknown_plan"
+    code, rows = run_rate([event("usage.stt", {"job_id": "j", "seconds": 5}),
+                           event("usage.stt", {"job_id": "j", "seconds": 5}, "e-2")],
+                          plan="gold")
+    assert [row["error_code"] for row in rows] == ["unknown_plan", "unknown_plan"]
+    assert code == 1  # every line failed
+
+
+def test_rate_command_exit_status_says_whether_anything_was_priced() -> None:
+    good = event("usage.stt", {"job_id": "j", "seconds": 5})
+    assert run_rate([b"{not json", b"{nor this"])[0] == 1
+    assert run_rate([b"{not json", good])[0] == 0
+    assert run_rate([])[0] == 0  # nothing failed
 
 
 def test_rate_command_reads_text_streams() -> None:
