@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     link.add_argument("id")
     link.add_argument("--ttl", type=int, default=None, help="seconds (default 900)")
 
+    from commands import events
+
+    events.add_verbs(verbs)
+    events.add_account_verbs(acc)
+
     trail = verbs.add_parser("audit", help="the audit trail, oldest first, as JSON lines")
     trail.add_argument("--account", default=None, help="one account's writes only")
     trail.add_argument("--limit", type=int, default=100, help="the newest N (default 100)")
@@ -114,6 +119,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, An
         from demo.simulator import simulate_command
 
         return simulate_command(settings, args)
+    if args.verb in ("events", "dlq", "publish"):
+        from commands import events
+
+        return events.dispatch(args, settings)
     if args.verb == "audit":
         from commands.sessions import cmd_audit
 
@@ -135,6 +144,10 @@ def _dispatch_accounts(args: argparse.Namespace,
         detail = {k: v for k, v in vars(args).items()
                   if k not in ("verb", "accounts_verb", "verbose", "id") and v is not None}
         cli_audit.expect_write(_AUDITED[verb], getattr(args, "id", None), **detail)
+    if verb == "statement":
+        from commands.events import dispatch_statement
+
+        return dispatch_statement(args, settings)
     if verb == "portal-link":
         from commands.sessions import cmd_portal_link
 

@@ -274,6 +274,11 @@ class EmbeddedBroker:
         writer.close()
         return port
 
+    async def running_bootstrap(self) -> str | None:
+        """The address of a live broker another process started on this data dir, if any."""
+        port = await self._running_broker()
+        return None if port is None else f"127.0.0.1:{port}"
+
     @property
     def bootstrap(self) -> str:
         if self._proc is None and not self._shared:

@@ -49,6 +49,17 @@ async def kafka_bootstrap(settings: Settings) -> AsyncIterator[tuple[str, int | 
         yield broker.bootstrap, broker.pid
 
 
+async def existing_kafka_bootstrap(settings: Settings) -> str | None:
+    """The configured brokers, or the embedded broker a running engine started; else None.
+
+    For commands that read or add to what an engine holds: a broker started just for
+    them would be empty (the embedded one keeps its topics in memory).
+    """
+    if settings.kafka_bootstrap is not None:
+        return ",".join(settings.kafka_bootstrap)
+    return await EmbeddedBroker(settings.data_dir / "broker").running_bootstrap()
+
+
 @contextlib.asynccontextmanager
 async def endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
     async with database_url(settings) as (dsn, pg_pid), \
