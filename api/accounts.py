@@ -18,6 +18,7 @@ from api.access import CUSTOMER, OPERATOR, SWITCH, Authenticator, access_control
 from api.account_billing import AccountBilling
 from api.audit_trail import audit_writes
 from api.billing_page import BillingPage
+from api.explain import DlqSearch, ExplainRoutes
 from api.http_json import (
     amount_field,
     errors_as_json,
@@ -27,6 +28,7 @@ from api.http_json import (
     json_response,
     since_query,
 )
+from api.http_metrics import request_metrics
 from api.operator import OperatorRoutes
 from api.recharge_fields import recharge_limits
 from rating.core.errors import ApiError
@@ -68,8 +70,10 @@ class HttpApi:
     """The account API server; ``start()`` binds ``settings.http_host:http_port``."""
 
     def __init__(self, *, store: AccountStore, tariffs: TariffStore, topups: TopupService,
-                 settings: Settings, readiness: Readiness) -> None:
+                 settings: Settings, readiness: Readiness,
+                 dlq_search: DlqSearch | None = None) -> None:
         self._store = store
+        self._dlq_search = dlq_search
         self._tariffs = tariffs
         self._topups = topups
         self._settings = settings
@@ -84,7 +88,7 @@ class HttpApi:
                                       switch_token=self._settings.switch_token,
                                       sessions=self._sessions.account_of)
         app = web.Application(
-            middlewares=[audit_writes(self._store.pool), errors_as_json,
+            middlewares=[request_metrics, audit_writes(self._store.pool), errors_as_json,
                          access_control(authenticator, https_only=(
                              self._settings.public_url or "").startswith("https://"))],
             client_max_size=64 * 1024)
@@ -107,6 +111,7 @@ class HttpApi:
         billing = AccountBilling(self._store, self._topups)
         billing.add_to(app)
         BillingPage(billing, self._settings).add_to(app)
+        ExplainRoutes(self._store.pool, self._dlq_search).add_to(app)
         return app
 
     async def start(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -22,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import start_http_server
 
 from api.accounts import HttpApi
+from consumers.dlq_reader import find_in_dlq
 from consumers.outbox_relay import OutboxRelay
 from consumers.recharge_worker import RechargeWorker
 from consumers.tariff_watcher import TariffWatcher
@@ -171,8 +173,10 @@ async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack,
     policy = RechargePolicy(retry_delays_s=engine.settings.recharge_retry_seconds,
                             sweep_every_s=engine.settings.recharge_sweep_seconds)
     topups = TopupService(engine.pool, provider, policy)
+    dlq_search = functools.partial(find_in_dlq, engine.endpoints.kafka_bootstrap,
+                                   engine.settings.dlq_topic)
     api = HttpApi(store=store, tariffs=engine.tariffs, topups=topups, settings=engine.settings,
-                  readiness=engine.readiness)
+                  readiness=engine.readiness, dlq_search=dlq_search)
     await api.start()
     stack.push_async_callback(api.close)
     worker = RechargeWorker(engine.settings, engine.endpoints.kafka_bootstrap, engine.pool,

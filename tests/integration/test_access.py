@@ -68,12 +68,14 @@ def routes(account: str) -> list[tuple[str, str, object]]:
         ("POST", f"{base}/sessions", {}),
         ("GET", f"{base}/audit", None),
         ("GET", "/v1/audit", None),
+        ("GET", f"{base}/statement?month=2026-11", None),
+        ("GET", "/v1/events/switch-1/evt-1", None),
     ]
 
 
 CUSTOMER_MAY = {"GET /v1/accounts/acct-1", "GET /v1/accounts/acct-1/ledger",
                 "GET /v1/accounts/acct-1/usage", "POST /v1/accounts/acct-1/topups",
-                "PUT /v1/accounts/acct-1/auto-recharge"}
+                "PUT /v1/accounts/acct-1/auto-recharge", "GET /v1/accounts/acct-1/statement"}
 
 
 async def test_scope_table(api: Api) -> None:

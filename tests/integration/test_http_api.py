@@ -114,7 +114,9 @@ async def test_probes_and_the_openapi_document(api: Api) -> None:
             "/v1/accounts/{account_id}/authorize", "/v1/accounts/{account_id}/sessions",
             "/v1/accounts/{account_id}/audit", "/v1/audit",
             "/v1/accounts/{account_id}/payment-method", "/v1/accounts/{account_id}/recharges",
-            "/v1/accounts/{account_id}/ledger.csv"} == set(doc["paths"])
+            "/v1/accounts/{account_id}/ledger.csv",
+            "/v1/accounts/{account_id}/statement", "/v1/events/{source}/{event_id}",
+            } == set(doc["paths"])
     assert "Error" in doc["components"]["schemas"]
 
 
