@@ -61,7 +61,8 @@ def entry_json(e: LedgerEntry) -> dict[str, object]:
             "source": e.event_source, "event_id": e.event_id,
             "amount": format_amount(e.amount), "accrued": format_amount(e.accrued),
             "currency": e.currency.strip(), "country": e.country, "reason": e.reason,
-            "event_time": _iso(e.event_time), "recorded_at": _iso(e.recorded_at)}
+            "event_time": _iso(e.event_time), "recorded_at": _iso(e.recorded_at),
+            "plan": e.plan_id, "detail": e.detail}
 
 
 # --- the application -------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 
@@ -21,6 +21,7 @@ from rating.core.errors import (
 )
 from rating.core.money import format_amount
 from rating.stores.db import Connection
+from rating.stores.explain import detail_of
 from rating.stores.outbox import BalanceChange, OutboxEvent, crossing_events, insert_events
 from rating.stores.recharge_requests import request_recharge
 
@@ -94,6 +95,8 @@ class LedgerEntry:
     reason: str | None
     event_time: datetime | None
     recorded_at: datetime
+    plan_id: str | None = None
+    detail: dict[str, Any] | None = None  # what priced a usage row (rating.core.detail)
 
 
 _ACCOUNT_COLUMNS = (
@@ -277,11 +280,11 @@ class AccountStore:
         rows = await self._pool.fetch(
             """
             SELECT entry_id, kind, service, event_source, event_id, amount, accrued, currency,
-                   country, reason, event_time, recorded_at
+                   country, reason, event_time, recorded_at, plan_id, detail
             FROM ledger WHERE account_id = $1 AND ($3::bigint IS NULL OR entry_id < $3)
             ORDER BY entry_id DESC LIMIT $2
             """, account_id, limit, before_entry)
-        return [LedgerEntry(**dict(r)) for r in rows]
+        return [LedgerEntry(**{**dict(r), "detail": detail_of(r)}) for r in rows]
 
     async def usage_by_service(self, account_id: str,
                                since: datetime | None = None) -> dict[str, tuple[int, int, int]]:

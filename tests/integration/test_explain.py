@@ -192,6 +192,12 @@ async def test_events_show_an_applied_a_duplicate_and_a_refused_event(
                 assert await response.json() == expected
         async with http.get(f"{base}/switch-test-1/x%00") as response:
             assert response.status == 400
+        # The account's ledger shows the same detail beside each usage row.
+        async with http.get(f"http://127.0.0.1:{api.port}/v1/accounts/acct-1/ledger"
+                            ) as response:
+            (entry,) = (await response.json())["entries"]
+            assert (entry["event_id"], entry["plan"]) == ("evt-1", "flat")
+            assert entry["detail"] == applied["detail"]
         async with http.get(f"{base}/switch-test-1/evt-1",
                             headers={"Authorization": "Bearer wrong"}) as response:
             assert response.status == 401
