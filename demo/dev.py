@@ -6,9 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import sys
-import time
-
-from prometheus_client import REGISTRY
 
 from api.operator import portal_url
 from demo.simulator import (
@@ -18,6 +15,8 @@ from demo.simulator import (
     parse_rate,
     publish,
 )
+from demo.status_line import run_status_line
+from demo.switch_gate import AccountGate, follow_balance_events
 from engine.assembly import Engine, serve
 from rating.core.errors import CommandError
 from rating.core.money import parse_amount
@@ -44,36 +43,6 @@ async def create_demo_accounts(store: AccountStore, engine: Engine, count: int) 
     return ids
 
 
-def _total(name: str) -> float:
-    """Sum of a counter over all its label sets."""
-    total = 0.0
-    for metric in REGISTRY.collect():
-        for sample in metric.samples:
-            if sample.name == name:
-                total += sample.value
-    return total
-
-
-async def status_line(interval_s: float = 2.0) -> None:
-    """One line every ``interval_s``: throughput, debits, DLQ, balance events."""
-    last_applied, last_time = _total("rating_events_applied_total"), time.monotonic()
-    while True:
-        await asyncio.sleep(interval_s)
-        applied, now = _total("rating_events_applied_total"), time.monotonic()
-        rate = (applied - last_applied) / (now - last_time)
-        last_applied, last_time = applied, now
-        published = {
-            kind: REGISTRY.get_sample_value("rating_balance_events_published_total",
-                                            {"type": kind}) or 0
-            for kind in ("balance.low", "balance.exhausted", "topup.credited")}
-        print(f"{rate:8.0f} events/s | applied {applied:,.0f}"
-              f" | duplicates {_total('rating_events_duplicate_total'):,.0f}"
-              f" | DLQ {_total('rating_events_dlq_total'):,.0f}"
-              f" | balance.low {published['balance.low']:,.0f}"
-              f" | exhausted {published['balance.exhausted']:,.0f}"
-              f" | top-ups {published['topup.credited']:,.0f}", file=sys.stderr, flush=True)
-
-
 async def demo_billing_link(engine: Engine, account_id: str) -> str:
     """A ready-to-open customer billing link (CONTRACT §8) for one demo account."""
     issued = await SessionStore(engine.pool).issue(account_id, ttl_seconds=MAX_TTL_SECONDS,
@@ -86,7 +55,13 @@ async def start_dev(engine: Engine, options: argparse.Namespace,
                     stack: contextlib.AsyncExitStack) -> list[asyncio.Task[None]]:
     store = AccountStore(engine.pool)
     accounts = await create_demo_accounts(store, engine, options.accounts)
-    traffic = TrafficGenerator(accounts, destinations_for(engine.tariffs), bad_ratio=0.002)
+    # Balances outlive the embedded broker's topics (kept in memory): an account left
+    # exhausted by an earlier run starts stopped, as a switch would remember it.
+    exhausted = await engine.pool.fetch(
+        "SELECT id FROM accounts WHERE id = ANY($1::text[]) AND balance <= 0", accounts)
+    gate = AccountGate({r["id"] for r in exhausted})
+    traffic = TrafficGenerator(accounts, destinations_for(engine.tariffs), bad_ratio=0.002,
+                               gate=gate)
     stop = asyncio.Event()
     stack.callback(stop.set)
 
@@ -99,7 +74,11 @@ async def start_dev(engine: Engine, options: argparse.Namespace,
     print(f"dev: billing page of {accounts[0]} (valid a day): "
           f"{await demo_billing_link(engine, accounts[0])}", file=sys.stderr, flush=True)
     return [asyncio.create_task(simulate(), name="simulator"),
-            asyncio.create_task(status_line(), name="status-line")]
+            asyncio.create_task(follow_balance_events(
+                engine.endpoints.kafka_bootstrap, engine.settings.balance_topic, gate, stop),
+                name="switch-balance-events"),
+            asyncio.create_task(run_status_line(sys.stderr, lambda: len(gate.stopped)),
+                                name="status-line")]
 
 
 def dev_command(settings: Settings, options: argparse.Namespace) -> int:

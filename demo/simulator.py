@@ -2,7 +2,9 @@
 
 Numbers are real-looking E.164 numbers of the countries every plan prices (from
 ``phonenumbers``' example numbers); calls arrive as one event a minute of elapsed
-time, the last one ``final``. A small share of bad events exercises the DLQ.
+time, the last one ``final``. A small share of bad events exercises the DLQ. Like a
+real switch it starts nothing new for an account after ``balance.exhausted`` until
+``balance.recovered`` (demo/switch_gate.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import orjson
 import phonenumbers
 from aiokafka import AIOKafkaProducer
 
+from demo.switch_gate import AccountGate, follow_balance_events
 from engine.services import kafka_bootstrap, kafka_producer
 from rating.core.errors import CommandError
 from rating.settings import Settings
@@ -74,8 +77,9 @@ class TrafficGenerator:
 
     def __init__(self, accounts: list[str], destinations: Destinations, *,
                  source: str = "switch-sim-1", bad_ratio: float = 0.0,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, gate: AccountGate | None = None) -> None:
         self._accounts = accounts
+        self._gate = gate  # accounts a real switch would start nothing new for
         self._dest = destinations
         self._source = source
         self._bad_ratio = bad_ratio
@@ -88,9 +92,24 @@ class TrafficGenerator:
         return self
 
     def __next__(self) -> tuple[str, bytes]:
+        """The next event; ``StopIteration`` for now when no account may start anything."""
         if not self._pending:
             self._pending = list(reversed(self._next_session()))
+            if not self._pending:
+                raise StopIteration
         return self._pending.pop()
+
+    def _pick_account(self) -> str | None:
+        """A random account that may start new usage (all of them without a gate)."""
+        rnd, gate = self._random, self._gate
+        if gate is None or not gate.stopped:
+            return rnd.choice(self._accounts)
+        for _ in range(20):  # most accounts are open: a few draws find one cheaply
+            account = rnd.choice(self._accounts)
+            if gate.may_start(account):
+                return account
+        open_ = [a for a in self._accounts if gate.may_start(a)]
+        return rnd.choice(open_) if open_ else None
 
     def _event(self, account: str, type_: str, data: dict[str, object]) -> tuple[str, bytes]:
         n = next(self._ids)
@@ -101,7 +120,9 @@ class TrafficGenerator:
 
     def _next_session(self) -> list[tuple[str, bytes]]:
         rnd = self._random
-        account = rnd.choice(self._accounts)
+        account = self._pick_account()
+        if account is None:
+            return []
         if rnd.random() < self._bad_ratio:
             return [self._bad_event(account)]
         kind = rnd.choices(("call", "tollfree", "sms", "stt"), (55, 10, 25, 10))[0]
@@ -147,14 +168,19 @@ class TrafficGenerator:
 async def publish(producer: AIOKafkaProducer, topic: str, traffic: TrafficGenerator,
                   rate_per_s: float, stop: asyncio.Event, *,
                   duration_s: float | None = None) -> int:
-    """Publish at ``rate_per_s`` until ``stop`` or ``duration_s``; return events sent."""
-    sent = 0
+    """Publish at ``rate_per_s`` until ``stop`` or ``duration_s``; return events sent.
+
+    Events not sent when due (every account stopped) are not sent later in a burst:
+    a switch does not make up for calls it did not start.
+    """
+    sent = scheduled = 0
     started = time.monotonic()
     while not stop.is_set():
         elapsed = time.monotonic() - started
         if duration_s is not None and elapsed >= duration_s:
             break
-        due = int(elapsed * rate_per_s) + 1 - sent
+        due = int(elapsed * rate_per_s) + 1 - scheduled
+        scheduled += max(0, due)
         futures = []
         for account, value in itertools.islice(traffic, max(0, due)):
             futures.append(await producer.send(topic, value=value, key=account.encode()))
@@ -186,15 +212,22 @@ async def simulate_command(settings: Settings, args: argparse.Namespace) -> int:
         rate_per_s = parse_rate(args.rate)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    gate = AccountGate()
     traffic = TrafficGenerator(demo_accounts(args.accounts),
-                               destinations_for(TariffStore(settings.tariffs_dir)))
+                               destinations_for(TariffStore(settings.tariffs_dir)), gate=gate)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with kafka_bootstrap(settings) as (bootstrap, _pid), \
             kafka_producer(bootstrap) as producer:
-        sent = await publish(producer, settings.usage_topic, traffic, rate_per_s, stop,
-                             duration_s=args.duration)
+        follower = asyncio.create_task(
+            follow_balance_events(bootstrap, settings.balance_topic, gate, stop))
+        try:
+            sent = await publish(producer, settings.usage_topic, traffic, rate_per_s, stop,
+                                 duration_s=args.duration)
+        finally:
+            stop.set()
+            await follower
     print(f"published {sent} usage events to {settings.usage_topic}", flush=True)
     return 0

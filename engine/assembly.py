@@ -101,10 +101,15 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None,
                 settings.usage_topic: USAGE_PARTITIONS, settings.dlq_topic: 1,
                 settings.balance_topic: BALANCE_PARTITIONS})
             async with kafka_producer(ends.kafka_bootstrap) as producer:
-                return await _run_components(settings, ends, pool, producer, tariffs,
-                                             on_started, provider, stop or asyncio.Event())
+                status = await _run_components(settings, ends, pool, producer, tariffs,
+                                               on_started, provider, stop or asyncio.Event())
         finally:
             await pool.close()
+    # Said once everything is closed, embedded servers included (an exception says its own).
+    print("rating engine stopped cleanly" if status == 0 else
+          "rating engine stopped: a component failed (see the errors above)",
+          file=sys.stderr, flush=True)
+    return status
 
 
 async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Pool,

@@ -134,6 +134,7 @@ async def test_sigterm_finishes_the_batch_commits_and_exits_zero(
         engine.send_signal(signal.SIGTERM)
         code = engine.wait(60)
     assert code == 0, log.read_text()[-3000:]
+    assert "rating engine stopped cleanly" in log.read_text()
     # Offsets were committed: a new engine in the same group reads nothing again.
     port = free_port()
     engine = start_engine(engine_env(replace(settings, metrics_port=port)), log)
