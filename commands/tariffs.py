@@ -7,12 +7,12 @@ the billing team can check a tariff change against real events before it ships.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
 import orjson
 
+from rating.core.detail import detail_json
 from rating.core.errors import RatingError, TariffError
 from rating.core.events import UsageEvent, decode_usage_event
 from rating.core.money import format_amount
@@ -75,7 +75,9 @@ def rate_answer(line: bytes, book: TariffBook, plan_id: str) -> tuple[dict[str, 
         "currency": charge.currency,
         "plan": charge.plan_id,
     }
-    detail: Mapping[str, object] = charge.detail or {}
+    detail: dict[str, object] = {}
+    if charge.detail is not None:
+        detail = detail_json(charge.service, charge.country, charge.detail)
     answer.update((key, detail[key]) for key in _EXPLAINED if key in detail)
     answer["plan_version"] = detail.get("effective_from")
     return answer, True

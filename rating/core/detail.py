@@ -3,65 +3,68 @@
 Enough to recompute the amount with the pricing rule of §4 alone, and to answer a
 disputed charge: the number, the call (message, job), the interval or quantity,
 the billed seconds, the rate and connect fee applied, the increment, the matched
-prefix or country, and the plan version (its ``effective_from``). Money is a
-decimal string as on every interface; the event's own field names are kept.
+prefix (the country is the charge's own), and the plan version (``effective_from``).
 
-Plain dicts (``TypedDict``) rather than dataclasses: one is built per event on the
-hot path and written as JSON, so it stays the cheapest object that can be.
+``RatedDetail`` is the same for every service, so that the ledger keeps it in a few
+typed columns: built once per event on the hot path, it is a tuple of plain values
+(money in micro-units). ``detail_json`` is how every reader shows it: the event's
+own field names, money as decimal strings.
 """
 
 from __future__ import annotations
 
-from typing import TypedDict
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from rating.core.money import format_amount
 
 
-class CallDetail(TypedDict):
-    destination: str
-    call_id: str
-    from_s: int
-    to_s: int
-    billed_seconds: int  # billable(to_s) - billable(from_s)
-    rate: str  # per minute
-    connect_fee: str  # charged by the event that starts at from_s = 0
-    increment: str  # "first/step" seconds
-    prefix: str | None  # the matched prefix row, None when the country row priced it
-    country: str | None
-    effective_from: str
+class RatedDetail(NamedTuple):
+    # The destination (call, SMS) or the toll-free number; None for speech-to-text.
+    number: str | None
+    # data.call_id, data.message_id or data.job_id.
+    usage_id: str
+    # Toll-free only: inbound or outbound.
+    direction: str | None
+    # Elapsed seconds the event covers (speech-to-text: 0..seconds); None for SMS.
+    from_s: int | None
+    to_s: int | None
+    # Billed seconds, billable(to_s) - billable(from_s), of a timed service; SMS segments.
+    quantity: int
+    # Micro-units per minute (per segment for SMS), and the connect fee (None for SMS),
+    # charged by the event that starts at from_s = 0.
+    rate: int
+    connect_fee: int | None
+    # "first/step" seconds; None for SMS.
+    increment: str | None
+    # The matched prefix row, None when the country row priced it (calls only).
+    prefix: str | None
+    # effective_from of the plan version that priced it.
+    plan_version: datetime
 
 
-class TollFreeDetail(TypedDict):
-    tollfree_number: str
-    direction: str
-    call_id: str
-    from_s: int
-    to_s: int
-    billed_seconds: int
-    rate: str
-    connect_fee: str
-    increment: str
-    country: str
-    effective_from: str
+def iso(when: datetime) -> str:
+    return (when.astimezone(UTC) if when.tzinfo else when).isoformat().replace("+00:00", "Z")
 
 
-class SmsDetail(TypedDict):
-    destination: str
-    message_id: str
-    segments: int
-    rate: str  # per segment
-    country: str
-    effective_from: str
+def detail_json(service: str, country: str | None, d: RatedDetail) -> dict[str, object]:
+    """The detail as readers see it (``events show``, statements, the ledger API)."""
+    effective_from = iso(d.plan_version)
+    if service == "sms":
+        return {"destination": d.number, "message_id": d.usage_id, "segments": d.quantity,
+                "rate": format_amount(d.rate), "country": country,
+                "effective_from": effective_from}
+    timed = {"billed_seconds": d.quantity, "rate": format_amount(d.rate),
+             "connect_fee": format_amount(d.connect_fee or 0), "increment": d.increment}
+    if service == "stt":
+        return {"job_id": d.usage_id, "seconds": d.to_s, **timed,
+                "effective_from": effective_from}
+    if service == "tollfree":
+        return {"tollfree_number": d.number, "direction": d.direction, "call_id": d.usage_id,
+                "from_s": d.from_s, "to_s": d.to_s, **timed, "country": country,
+                "effective_from": effective_from}
+    return {"destination": d.number, "call_id": d.usage_id, "from_s": d.from_s, "to_s": d.to_s,
+            **timed, "prefix": d.prefix, "country": country, "effective_from": effective_from}
 
 
-class SttDetail(TypedDict):
-    job_id: str
-    seconds: int
-    billed_seconds: int
-    rate: str
-    connect_fee: str
-    increment: str
-    effective_from: str
-
-
-Detail = CallDetail | TollFreeDetail | SmsDetail | SttDetail
-
-__all__ = ["CallDetail", "Detail", "SmsDetail", "SttDetail", "TollFreeDetail"]
+__all__ = ["RatedDetail", "detail_json", "iso"]

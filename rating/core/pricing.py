@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rating.core.money import format_amount
-
 # A free timed rate (zero per minute, affordable connect fee) never runs out;
 # authorization needs a finite number, so it is capped at about 68 years.
 UNLIMITED_SECONDS = 2**31 - 1
@@ -21,11 +19,15 @@ class Increment:
 
     first: int
     step: int
+    # "first/step", as every interface and the ledger write it: made once, since a deck
+    # shares a few increments among all its rates (and rating writes it per event).
+    text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, value in (("first", self.first), ("step", self.step)):
             if type(value) is not int or value < 1:
                 raise ValueError(f"increment {name} must be an integer >= 1, got {value!r}")
+        object.__setattr__(self, "text", f"{self.first}/{self.step}")
 
     @classmethod
     def parse(cls, text: str) -> Increment:
@@ -40,7 +42,7 @@ class Increment:
         return cls(int(first), int(step))
 
     def __str__(self) -> str:
-        return f"{self.first}/{self.step}"
+        return self.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +52,6 @@ class TimedRate:
     rate_per_minute: int
     connect_fee: int
     increment: Increment
-    # The three as a charge's rated detail writes them (decimal strings, "a/b"): made
-    # once here, since a deck shares a few dozen rates among all its rows and events.
-    rate_text: str = field(init=False, repr=False, compare=False)
-    connect_fee_text: str = field(init=False, repr=False, compare=False)
-    increment_text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Negative prices would make charges negative and break the monotonicity
@@ -65,9 +62,6 @@ class TimedRate:
         ):
             if type(value) is not int or value < 0:
                 raise ValueError(f"{name} must be a non-negative int of micro-units")
-        object.__setattr__(self, "rate_text", format_amount(self.rate_per_minute))
-        object.__setattr__(self, "connect_fee_text", format_amount(self.connect_fee))
-        object.__setattr__(self, "increment_text", str(self.increment))
 
 
 def billable_seconds(t: int, inc: Increment) -> int:

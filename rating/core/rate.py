@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime
 
-from rating.core.detail import CallDetail, Detail, SmsDetail, SttDetail, TollFreeDetail
+from rating.core.detail import RatedDetail
 from rating.core.errors import ChargeTooLarge, NoRate
 from rating.core.events import CallUsage, Service, SmsUsage, TollFreeUsage, UsageEvent
-from rating.core.pricing import TimedRate, billable_seconds, cost, sms_cost, timed_charge
+from rating.core.pricing import TimedRate, sms_cost, timed_charge
 from rating.core.tariff import PlanVersion, TariffBook
 
 
@@ -16,8 +16,7 @@ from rating.core.tariff import PlanVersion, TariffBook
 class Charge:
     """What one event costs; ``amount`` in micro-units of ``currency``, never negative.
 
-    ``detail`` says what priced it (rating.core.detail), stored with the ledger row;
-    never mutated after rating.
+    ``detail`` says what priced it (rating.core.detail), stored with the ledger row.
     """
 
     event_id: str
@@ -28,7 +27,7 @@ class Charge:
     amount: int
     currency: str
     plan_id: str
-    detail: Detail | None = None
+    detail: RatedDetail | None = None
 
 
 # A frozen dataclass's __init__ pays a generic object.__setattr__ per field; at
@@ -48,6 +47,11 @@ _new = object.__new__
 ) = (Charge.__dict__[field.name].__set__ for field in fields(Charge))
 
 
+# RatedDetail(...) goes through a Python-level __new__; the tuple's own is the same
+# object for a third of the cost (fields in RatedDetail's order).
+_tuple_new = tuple.__new__
+
+
 def _new_charge(
     event_id: str,
     source: str,
@@ -57,7 +61,7 @@ def _new_charge(
     amount: int,
     currency: str,
     plan_id: str,
-    detail: Detail,
+    detail: RatedDetail,
 ) -> Charge:
     charge_ = _new(Charge)
     _set_event_id(charge_, event_id)
@@ -91,49 +95,44 @@ def rate(event: UsageEvent, book: TariffBook, plan_id: str) -> Charge:
     """
     version = book.plan(plan_id, event.time)
     country: str | None
-    detail: Detail
+    detail: RatedDetail
     # Most frequent service first; isinstance keeps mypy's narrowing.
     if isinstance(event, CallUsage):
         if version.call is None:
             raise _no_service(version, "calls")
         country, prefix, timed = version.call.match(event.destination)
         amount, billed = timed_charge(event.from_s, event.to_s, timed)
-        detail = CallDetail(
-            destination=event.destination, call_id=event.call_id, from_s=event.from_s,
-            to_s=event.to_s, billed_seconds=billed, rate=timed.rate_text,
-            connect_fee=timed.connect_fee_text, increment=timed.increment_text,
-            prefix=prefix, country=country, effective_from=version.effective_from_text)
+        detail = _tuple_new(RatedDetail, (
+            event.destination, event.call_id, None, event.from_s, event.to_s, billed,
+            timed.rate_per_minute, timed.connect_fee, timed.increment.text, prefix,
+            version.effective_from))
     elif isinstance(event, SmsUsage):
         if version.sms is None:
             raise _no_service(version, "SMS")
-        sms_country, per_segment = version.sms.lookup(event.destination)
-        country, amount = sms_country, sms_cost(per_segment, event.segments)
-        detail = SmsDetail(
-            destination=event.destination, message_id=event.message_id,
-            segments=event.segments, rate=version.sms.texts[sms_country],
-            country=sms_country, effective_from=version.effective_from_text)
+        country, per_segment = version.sms.lookup(event.destination)
+        amount = sms_cost(per_segment, event.segments)
+        detail = _tuple_new(RatedDetail, (
+            event.destination, event.message_id, None, None, None, event.segments,
+            per_segment, None, None, None, version.effective_from))
     elif isinstance(event, TollFreeUsage):
         if version.tollfree is None:
             raise _no_service(version, "toll-free")
-        tf_country, timed = version.tollfree.lookup(event.tollfree_number, event.direction)
+        country, timed = version.tollfree.lookup(event.tollfree_number, event.direction)
         amount, billed = timed_charge(event.from_s, event.to_s, timed)
-        country = tf_country
-        detail = TollFreeDetail(
-            tollfree_number=event.tollfree_number, direction=event.direction,
-            call_id=event.call_id, from_s=event.from_s, to_s=event.to_s,
-            billed_seconds=billed, rate=timed.rate_text, connect_fee=timed.connect_fee_text,
-            increment=timed.increment_text, country=tf_country,
-            effective_from=version.effective_from_text)
+        detail = _tuple_new(RatedDetail, (
+            event.tollfree_number, event.call_id, event.direction, event.from_s, event.to_s,
+            billed, timed.rate_per_minute, timed.connect_fee, timed.increment.text, None,
+            version.effective_from))
     else:
         stt = version.stt
         if stt is None:
             raise _no_service(version, "speech-to-text")
-        country, amount = None, cost(event.seconds, stt)
-        detail = SttDetail(
-            job_id=event.job_id, seconds=event.seconds,
-            billed_seconds=billable_seconds(event.seconds, stt.increment), rate=stt.rate_text,
-            connect_fee=stt.connect_fee_text, increment=stt.increment_text,
-            effective_from=version.effective_from_text)
+        # Speech-to-text is priced as the interval 0..seconds: cost(seconds).
+        amount, billed = timed_charge(0, event.seconds, stt)
+        country = None
+        detail = _tuple_new(RatedDetail, (
+            None, event.job_id, None, 0, event.seconds, billed, stt.rate_per_minute,
+            stt.connect_fee, stt.increment.text, None, version.effective_from))
     if amount > MAX_CHARGE:
         raise ChargeTooLarge(
             f"{event.service} priced at {amount} micro-{version.currency}, above the "

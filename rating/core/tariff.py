@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 
 from rating.core.countries import country_of
 from rating.core.errors import NoRate, UnknownPlan
-from rating.core.money import format_amount
 from rating.core.pricing import TimedRate
 
 # The four billed services, in the order every listing shows them.
@@ -86,12 +85,6 @@ class SmsDeck:
     """Per-segment SMS prices (micro-units) by destination country."""
 
     rates: Mapping[str, int]
-    # Each price as the rated detail writes it (a decimal string), made once.
-    texts: Mapping[str, str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "texts", {country: format_amount(rate)
-                                           for country, rate in self.rates.items()})
 
     def lookup(self, e164: str) -> tuple[str, int]:
         country = country_of(e164)
@@ -112,13 +105,6 @@ class PlanVersion:
     tollfree: TollFreeDeck | None = None
     sms: SmsDeck | None = None
     stt: TimedRate | None = None
-    # effective_from as the rated detail writes it (RFC 3339, UTC), made once.
-    effective_from_text: str = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        when = self.effective_from
-        text = (when.astimezone(UTC) if when.tzinfo is not None else when).isoformat()
-        object.__setattr__(self, "effective_from_text", text.replace("+00:00", "Z"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import asyncpg
 
@@ -21,7 +21,7 @@ from rating.core.errors import (
 )
 from rating.core.money import format_amount
 from rating.stores.db import Connection
-from rating.stores.explain import detail_of
+from rating.stores.explain import DETAIL_COLUMNS, detail_of
 from rating.stores.outbox import BalanceChange, OutboxEvent, crossing_events, insert_events
 from rating.stores.recharge_requests import request_recharge
 
@@ -96,7 +96,7 @@ class LedgerEntry:
     event_time: datetime | None
     recorded_at: datetime
     plan_id: str | None = None
-    detail: dict[str, Any] | None = None  # what priced a usage row (rating.core.detail)
+    detail: dict[str, object] | None = None  # what priced a usage row (rating.core.detail)
 
 
 _ACCOUNT_COLUMNS = (
@@ -278,13 +278,16 @@ class AccountStore:
     async def recent_ledger(self, account_id: str, limit: int = 50,
                             before_entry: int | None = None) -> list[LedgerEntry]:
         rows = await self._pool.fetch(
-            """
+            f"""
             SELECT entry_id, kind, service, event_source, event_id, amount, accrued, currency,
-                   country, reason, event_time, recorded_at, plan_id, detail
+                   country, reason, event_time, recorded_at, plan_id, {DETAIL_COLUMNS}
             FROM ledger WHERE account_id = $1 AND ($3::bigint IS NULL OR entry_id < $3)
             ORDER BY entry_id DESC LIMIT $2
             """, account_id, limit, before_entry)
-        return [LedgerEntry(**{**dict(r), "detail": detail_of(r)}) for r in rows]
+        return [LedgerEntry(r["entry_id"], r["kind"], r["service"], r["event_source"],
+                            r["event_id"], r["amount"], r["accrued"], r["currency"],
+                            r["country"], r["reason"], r["event_time"], r["recorded_at"],
+                            r["plan_id"], detail_of(r)) for r in rows]
 
     async def usage_by_service(self, account_id: str,
                                since: datetime | None = None) -> dict[str, tuple[int, int, int]]:

@@ -9,29 +9,33 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import orjson
-
+from rating.core.detail import RatedDetail, detail_json
 from rating.core.errors import InvalidRequest
 from rating.core.events import MAX_KEY_LENGTH
 from rating.core.money import format_amount
 from rating.stores.db import Connection
 
+# The rated detail's columns (migration 0009), in RatedDetail's order.
+DETAIL_COLUMNS = ("number, usage_id, direction, from_s, to_s, quantity, rate, connect_fee,"
+                  " increment, prefix, plan_version")
 # Every column a reader of a ledger row is shown, detail included.
 ENTRY_COLUMNS = ("entry_id, account_id, kind, service, event_source, event_id, amount, accrued,"
-                 " currency, country, plan_id, reason, event_time, recorded_at, detail")
+                 " currency, country, plan_id, reason, event_time, recorded_at, "
+                 + DETAIL_COLUMNS)
 
 
 def iso(when: datetime | None) -> str | None:
     return None if when is None else when.isoformat().replace("+00:00", "Z")
 
 
-def detail_of(row: Any) -> dict[str, Any] | None:
-    """The stored rated detail (jsonb arrives as text), or None (credits, older rows)."""
-    raw = row["detail"]
-    if raw is None:
+def detail_of(row: Any) -> dict[str, object] | None:
+    """The stored rated detail as readers see it, or None (credits, older rows)."""
+    if row["plan_version"] is None or row["service"] is None:
         return None
-    detail: dict[str, Any] = orjson.loads(raw) if isinstance(raw, (str, bytes)) else raw
-    return detail
+    detail = RatedDetail(row["number"], row["usage_id"], row["direction"], row["from_s"],
+                         row["to_s"], row["quantity"], row["rate"], row["connect_fee"],
+                         row["increment"], row["prefix"], row["plan_version"])
+    return detail_json(row["service"], row["country"], detail)
 
 
 def entry_json(row: Any) -> dict[str, object]:

@@ -8,6 +8,7 @@ import io
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -23,6 +24,7 @@ from rating.core.money import parse_amount
 from rating.payments.simulated import SimulatedProvider
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore, NewAccount
+from rating.stores.explain import ENTRY_COLUMNS, detail_of
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
 from tests.pricing_rule import billed_seconds, reprice
@@ -113,18 +115,18 @@ async def test_a_disputed_charge_is_explained_by_its_ledger_row_alone(
                             [(orjson.loads(e)["subject"], e) for e in events])
     async with running_consumer(env, pool):
         await wait_until(lambda: has_rows(pool, len(events)), what="every event billed")
-    rows = await pool.fetch("SELECT event_id, service, kind, amount, accrued, detail FROM ledger"
-                            " ORDER BY entry_id")
+    rows = await pool.fetch(f"SELECT {ENTRY_COLUMNS} FROM ledger ORDER BY entry_id")
     assert {r["service"] for r in rows} == {"call", "tollfree", "sms", "stt"}
     for row in rows:
-        detail = orjson.loads(row["detail"])
+        detail = detail_of(row)
+        assert detail is not None
         price = row["accrued"] if row["kind"] == "invoice" else -row["amount"]
         # The row alone says what priced it: priced again by §4, it is the amount billed.
         assert reprice(row["service"], detail) == Decimal(price) / 1_000_000, row["event_id"]
         assert detail["effective_from"] == "2026-01-01T00:00:00Z"
         if row["service"] != "sms":
             assert detail["billed_seconds"] == billed_seconds(row["service"], detail)
-    by_id = {r["event_id"]: orjson.loads(r["detail"]) for r in rows}
+    by_id: dict[str, Any] = {r["event_id"]: detail_of(r) for r in rows}
     assert by_id["e3"] == {
         "destination": GB_MOBILE, "call_id": "c-b", "from_s": 0, "to_s": 40,
         "billed_seconds": 42, "rate": "0.300000", "connect_fee": "0.050000",

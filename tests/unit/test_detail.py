@@ -9,19 +9,21 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rating.core.detail import RatedDetail, detail_json
 from rating.core.events import CallUsage, SmsUsage, SttUsage, TollFreeUsage, UsageEvent
 from rating.core.money import format_amount
 from rating.core.rate import rate
 from tests.pricing_rule import billed_seconds, reprice
-from tests.unit.test_rate import BOOK, call, sms, stt, tollfree
+from tests.unit.test_rate import BOOK, V1, call, sms, stt, tollfree
 
 V2_TIME = datetime(2027, 3, 1, tzinfo=UTC)
 
 
 def detail_of(event: UsageEvent) -> dict[str, Any]:
+    """The detail of the event's charge as readers see it."""
     charged = rate(event, BOOK, "standard")
     assert charged.detail is not None
-    return dict(charged.detail)
+    return detail_json(charged.service, charged.country, charged.detail)
 
 
 def test_a_call_priced_by_a_prefix_row_names_the_prefix_and_its_own_fee_and_increment() -> None:
@@ -86,7 +88,18 @@ def test_every_detail_prices_back_to_its_amount(event: UsageEvent, at: datetime 
         event = CallUsage("e", "s", "a", at, "c", "+33123456789", event.from_s, event.to_s)
     charged = rate(event, BOOK, "standard")
     assert charged.detail is not None
-    detail = dict(charged.detail)
+    detail = detail_json(charged.service, charged.country, charged.detail)
     assert reprice(charged.service, detail) == Decimal(format_amount(charged.amount))
     if charged.service != "sms":
         assert detail["billed_seconds"] == billed_seconds(charged.service, detail)
+
+
+def test_the_stored_form_is_plain_values_in_micro_units() -> None:
+    charged = rate(call("+33698765432", 31, 60), BOOK, "standard")
+    assert charged.detail == RatedDetail(
+        "+33698765432", "c-1", None, 31, 60, 24, 30_000, 50_000, "30/6", "336", V1)
+    stt_detail = rate(stt(95), BOOK, "standard").detail
+    assert stt_detail is not None and (stt_detail.from_s, stt_detail.to_s) == (0, 95)
+    sms_detail = rate(sms("+442071234567", 2), BOOK, "standard").detail
+    assert sms_detail is not None
+    assert (sms_detail.quantity, sms_detail.rate, sms_detail.connect_fee) == (2, 40_000, None)
