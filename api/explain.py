@@ -8,6 +8,7 @@ CSV (``?format=csv`` or ``Accept: text/csv``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -28,6 +29,8 @@ class ExplainRoutes:
     def __init__(self, pool: asyncpg.Pool, dlq_search: DlqSearch | None) -> None:
         self._pool = pool
         self._dlq_search = dlq_search
+        # A DLQ search reads the whole topic with a consumer of its own: a few at a time.
+        self._searches = asyncio.Semaphore(2)
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_get("/v1/events/{source}/{event_id}", self.show_event,
@@ -45,7 +48,8 @@ class ExplainRoutes:
         async with self._pool.acquire() as conn:
             answer = await applied_event(conn, source, event_id)
         if answer is None and self._dlq_search is not None:
-            record = await self._dlq_search(source, event_id)
+            async with self._searches:
+                record = await self._dlq_search(source, event_id)
             answer = record.refused() if record is not None else None
         return json_response(answer or {"status": "not_found"})
 
