@@ -81,6 +81,9 @@ def _new_charge(
 # MAX_BATCH_EVENTS events fits the bigint the debit statement adds up in.
 MAX_CHARGE = 10**14
 MAX_BATCH_EVENTS = (2**63 - 1) // MAX_CHARGE  # 92 233
+# The largest duration (to_s, billed seconds) or SMS segment count a charge records:
+# the ledger keeps them as bigint (a switch may send integers up to 2**64 - 1).
+MAX_RECORDED = 2**63 - 1
 
 
 def _no_service(version: PlanVersion, service: str) -> NoRate:
@@ -137,6 +140,13 @@ def rate(event: UsageEvent, book: TariffBook, plan_id: str) -> Charge:
         raise ChargeTooLarge(
             f"{event.service} priced at {amount} micro-{version.currency}, above the "
             f"limit of one event ({MAX_CHARGE} micro-units)")
+    if detail[5] > MAX_RECORDED or (detail[4] or 0) > MAX_RECORDED:
+        # Free usage is not limited by its price: an absurd duration or count at a
+        # zero rate must still fit the ledger's bigint columns, or it would fail the
+        # whole batch's statement.
+        raise ChargeTooLarge(
+            f"{event.service}: {max(detail[5], detail[4] or 0)} seconds or segments, more "
+            f"than one event may record ({MAX_RECORDED})")
     return _new_charge(
         event.event_id,
         event.source,

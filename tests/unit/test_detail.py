@@ -6,13 +6,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from rating.core.detail import RatedDetail, detail_json
+from rating.core.errors import ChargeTooLarge
 from rating.core.events import CallUsage, SmsUsage, SttUsage, TollFreeUsage, UsageEvent
 from rating.core.money import format_amount
+from rating.core.pricing import Increment, TimedRate
 from rating.core.rate import rate
+from rating.core.tariff import CallDeck, PlanVersion, SmsDeck, TariffBook
 from tests.pricing_rule import billed_seconds, reprice
 from tests.unit.test_rate import BOOK, V1, call, sms, stt, tollfree
 
@@ -103,3 +107,22 @@ def test_the_stored_form_is_plain_values_in_micro_units() -> None:
     sms_detail = rate(sms("+442071234567", 2), BOOK, "standard").detail
     assert sms_detail is not None
     assert (sms_detail.quantity, sms_detail.rate, sms_detail.connect_fee) == (2, 40_000, None)
+
+
+FREE = TimedRate(0, 0, Increment(60, 60))
+
+
+@pytest.mark.parametrize("event", [
+    CallUsage("e", "s", "a", None, "c", "+33123456789", 0, 2**64 - 1),
+    CallUsage("e", "s", "a", None, "c", "+33123456789", 2**63 - 1, 2**63),
+    SmsUsage("e", "s", "a", None, "m", "+33612345678", 2**63),
+    SttUsage("e", "s", "a", None, "j", 2**63 - 1),  # billed rounds up past the bigint
+])
+def test_free_usage_too_large_to_record_is_refused(event: UsageEvent) -> None:
+    # At a zero rate no price limit applies; the ledger's bigint columns still do.
+    book = TariffBook([PlanVersion("free", "EUR", V1, CallDeck({"FR": FREE}, {}), None,
+                                   SmsDeck({"FR": 0}), FREE)])
+    with pytest.raises(ChargeTooLarge):
+        rate(event, book, "free")
+    fits = CallUsage("e", "s", "a", None, "c", "+33123456789", 0, 2**62)
+    assert rate(fits, book, "free").amount == 0
