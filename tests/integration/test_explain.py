@@ -27,6 +27,7 @@ from rating.stores.accounts import AccountStore, NewAccount
 from rating.stores.explain import ENTRY_COLUMNS, detail_of
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
+from tests.integration.test_http_api import assert_matches
 from tests.pricing_rule import billed_seconds, reprice
 from tests.support import (
     create_topics,
@@ -192,12 +193,15 @@ async def test_events_show_an_applied_a_duplicate_and_a_refused_event(
             async with http.get(f"{base}/switch-test-1/{event_id}") as response:
                 assert response.status == 200
                 assert await response.json() == expected
+            assert_matches(expected, "EventExplanation")
         async with http.get(f"{base}/switch-test-1/x%00") as response:
             assert response.status == 400
         # The account's ledger shows the same detail beside each usage row.
         async with http.get(f"http://127.0.0.1:{api.port}/v1/accounts/acct-1/ledger"
                             ) as response:
-            (entry,) = (await response.json())["entries"]
+            ledger = await response.json()
+            assert_matches(ledger, "Ledger")
+            (entry,) = ledger["entries"]
             assert (entry["event_id"], entry["plan"]) == ("evt-1", "flat")
             assert entry["detail"] == applied["detail"]
         async with http.get(f"{base}/switch-test-1/evt-1",

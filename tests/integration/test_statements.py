@@ -31,6 +31,7 @@ from rating.stores.ledger import RatedUsage, apply_usage
 from rating.stores.statements import current_month, monthly_statement
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
+from tests.integration.test_http_api import assert_matches
 from tests.support import usage_event, write_flat_tariffs
 
 TOKEN = "op-token"
@@ -209,6 +210,7 @@ async def test_statement_over_http_json_and_csv_for_operator_and_customer(
         (await monthly_statement(pool, "acct-1", ledger)).as_json()))
     async with session.get(url, headers=OPERATOR) as response:
         assert response.status == 200 and await response.json() == expected
+    assert_matches(expected, "Statement")  # as the OpenAPI document says
     async with session.get(f"{url}&format=csv", headers=OPERATOR) as response:
         assert response.status == 200 and response.content_type == "text/csv"
         assert "attachment" in response.headers["Content-Disposition"]
