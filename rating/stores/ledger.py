@@ -90,7 +90,9 @@ WITH input AS (
            CASE WHEN v THEN 0 ELSE -p END AS amount,
            CASE WHEN v THEN p ELSE 0 END AS accrued,
            k AS service, c AS country, l AS plan_id, u AS currency, t AS event_time,
-           n, r, d, f, e, q, m, g, h, x, w
+           n AS number, r.r AS usage_id, d AS direction, f AS from_s, e AS to_s,
+           q AS quantity, m AS rate, g AS connect_fee, h AS increment, x AS prefix,
+           w AS plan_version
     FROM json_to_recordset($1::json)
         AS r(s text, i text, a text, p bigint, v bool, k text, c text, l text, u text,
              t timestamptz, n text, r text, d text, f bigint, e bigint, q bigint, m bigint,
