@@ -1,4 +1,9 @@
-"""Retrying transient failures: back off, never skip, give up only when asked to stop."""
+"""Retrying transient failures: back off, never skip, give up only when asked to stop.
+
+``transient_dependency`` is where a failure is classified as an outage of Kafka or
+PostgreSQL (rating/stores/db.py classifies the database's); everything else is the
+work's own fault, and the caller isolates it rather than retrying it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,15 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnsupportedForMessageFormatError,
+)
 
 from consumers.metrics import TRANSIENT_ERRORS
 from rating.stores.db import is_transient
@@ -61,10 +74,18 @@ class StoppedWhileRetrying(Exception):
     """Shutdown was requested while a dependency was still failing; nothing was committed."""
 
 
+# Kafka errors that are the record's fault, not the broker's: sending the same record
+# again fails the same way. Every other KafkaError (connection, timeout, leader moved,
+# even KafkaTimeoutError, which aiokafka does not mark retriable) is an outage.
+RECORD_ERRORS: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError,
+    CorruptRecordException, InvalidTimestampError, UnsupportedForMessageFormatError)
+
+
 def transient_dependency(exc: BaseException) -> str | None:
     """Which dependency a transient failure came from, or None if it is not transient."""
     if isinstance(exc, KafkaError):
-        return "kafka"
+        return None if isinstance(exc, RECORD_ERRORS) else "kafka"
     if is_transient(exc):
         return "postgresql"
     return None

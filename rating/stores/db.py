@@ -1,15 +1,26 @@
 """PostgreSQL connection pool, and the one place database errors are classified.
 
-Errors are matched by SQLSTATE class, never by message text: connection problems
-(08), rollbacks such as serialization failures and deadlocks (40), exhausted
-resources (53), operator intervention such as a shutdown (57) and system errors
-(58) are transient; anything else is a bug or bad data and is not retried.
+Errors are matched by SQLSTATE class, never by message text, into three kinds:
+
+- ``outage`` (waited out, retried with back-off): connection problems (08),
+  rollbacks such as serialization failures and deadlocks (40), exhausted resources
+  (53), operator intervention such as a shutdown (57), system errors (58), and the
+  client-side states of a connection the server dropped: a pooled connection told
+  "terminating connection" during a restart fails its next query with asyncpg's
+  ``InternalClientError`` or ``InterfaceError`` (and socket errors, timeouts);
+- ``input`` (one row of the batch is to blame: isolate it, never retry it): data
+  exceptions (22, e.g. a balance past ``bigint``), integrity violations (23, e.g.
+  the balance bound) and program limits (54, e.g. an index row too large);
+- ``other``: anything else (a missing table, a privilege, a bug). Not retried as
+  an outage; the caller isolates it to the smallest batch and reports it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TypeAlias
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Literal, TypeAlias
 
 import asyncpg
 import asyncpg.pool
@@ -20,14 +31,71 @@ from rating.core.errors import StoreUnavailable
 Connection: TypeAlias = "asyncpg.Connection | asyncpg.pool.PoolConnectionProxy"
 
 _TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_INPUT_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+# Interface errors that say the client is misconfigured, not that the server went away.
+_CONFIGURATION_ERRORS = (asyncpg.exceptions.ClientConfigurationError,
+                         asyncpg.exceptions.UnsupportedClientFeatureError)
+# The CHECK of migration 0006 that keeps every balance within money.BALANCE_BOUND.
+BALANCE_BOUND_CONSTRAINT = "accounts_balance_within_bound"
+_NUMERIC_VALUE_OUT_OF_RANGE = "22003"
+
+ErrorKind = Literal["outage", "input", "other"]
+
+
+def _sqlstate(exc: BaseException) -> str:
+    return str(getattr(exc, "sqlstate", None) or "")
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """What a failure of a database call means for the work that made it (see above)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = _sqlstate(exc)
+        if sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES:
+            return "outage"
+        return "input" if sqlstate[:2] in _INPUT_SQLSTATE_CLASSES else "other"
+    if isinstance(exc, _CONFIGURATION_ERRORS):
+        return "other"
+    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
+                        asyncpg.exceptions.InternalClientError, StoreUnavailable)):
+        return "outage"
+    return "other"
 
 
 def is_transient(exc: BaseException) -> bool:
+    """An outage: wait and retry the same work (it is not the work's fault)."""
+    return error_kind(exc) == "outage"
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """The connection itself is unusable (not only this statement): replace the pool's."""
     if isinstance(exc, asyncpg.PostgresError):
-        sqlstate = getattr(exc, "sqlstate", None) or ""
-        return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
-    return isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
-                            StoreUnavailable))
+        return _sqlstate(exc)[:2] in ("08", "57")
+    return error_kind(exc) == "outage" and not isinstance(exc, StoreUnavailable)
+
+
+def exceeds_balance_bound(exc: BaseException) -> bool:
+    """A write refused because a balance would leave the bound (or overflow ``bigint``)."""
+    if not isinstance(exc, asyncpg.PostgresError):
+        return False
+    if _sqlstate(exc) == _NUMERIC_VALUE_OUT_OF_RANGE:
+        return True
+    return getattr(exc, "constraint_name", None) == BALANCE_BOUND_CONSTRAINT
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
+    """``pool.acquire()``, replacing every pooled connection once one is found dead.
+
+    After a server restart each idle connection of the pool is broken, and each would
+    fail one query in turn; expiring them all at the first failure costs one retry.
+    """
+    async with pool.acquire() as conn:
+        try:
+            yield conn
+        except Exception as exc:
+            if is_connection_lost(exc):
+                await pool.expire_connections()
+            raise
 
 
 def describe_dsn(dsn: str) -> str:
