@@ -8,7 +8,10 @@
     │   ├── NoRate                   no_rate
     │   ├── UnknownPlan              unknown_plan
     │   ├── ChargeTooLarge           charge_too_large
-    │   └── UnknownAccount           unknown_account    (also the API's 404)
+    │   ├── UnknownAccount           unknown_account    (also the API's 404)
+    │   ├── CurrencyMismatch         currency_mismatch  (the plan's currency is not the account's)
+    │   ├── BalanceOutOfRange        balance_out_of_range (money.BALANCE_BOUND would be crossed)
+    │   └── DebitRefused             debit_refused | debit_failed (the database refused this event)
     ├── RequestError                 a caller's request refused (API 4xx, one CLI line)
     │   ├── ApiError                 any status and code chosen at the HTTP edge
     │   ├── InvalidRequest           invalid_amount | invalid_account | ... (422)
@@ -91,6 +94,26 @@ class UnknownAccount(PermanentError):
     """The event's subject is not a known account."""
 
     code = "unknown_account"
+
+
+class CurrencyMismatch(PermanentError):
+    """The event was priced in a currency other than the account's (a plan's currency
+    changed under its accounts): never debited as if the units were the same."""
+
+    code = "currency_mismatch"
+
+
+class BalanceOutOfRange(PermanentError):
+    """Debiting the event would take the balance past ``money.BALANCE_BOUND``."""
+
+    code = "balance_out_of_range"
+
+
+class DebitRefused(PermanentError):
+    """The debit of this one event failed where the rest of its batch succeeded:
+    ``debit_refused`` when the database refused its data, ``debit_failed`` otherwise."""
+
+    code = "debit_refused"
 
 
 class RequestError(RatingError):

@@ -147,9 +147,9 @@ _SUMS = """
               a.low_balance_threshold AS threshold, a.currency, a.version,
               a.alert_thresholds AS alerts
 ), announced AS (
-    INSERT INTO outbox (event_id, type, account_id, balance, threshold, currency)
+    INSERT INTO outbox (event_id, type, account_id, balance, threshold, currency, version)
     SELECT u.id || ':' || u.version || ':' || crossing.type, crossing.type, u.id, u.after,
-           u.threshold, u.currency
+           u.threshold, u.currency, u.version
     FROM updated u, LATERAL """ + CROSSINGS_SQL + """
     WHERE crossing.crossed
     ORDER BY u.id, crossing.rank  -- outbox order: low before exhausted, as announced
