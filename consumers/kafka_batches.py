@@ -16,15 +16,24 @@ log = logging.getLogger(__name__)
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
-async def poll_records(consumer: AIOKafkaConsumer, max_records: int) -> list[Record]:
-    """Up to ``max_records`` across partitions; a broker failure is counted and yields []."""
+async def poll_partitions(consumer: AIOKafkaConsumer,
+                          max_records: int) -> dict[TopicPartition, list[Record]]:
+    """Up to ``max_records`` by partition, in offset order; a broker failure is counted
+    and yields nothing."""
     try:
-        fetched = await consumer.getmany(timeout_ms=200, max_records=max_records)
+        fetched: dict[TopicPartition, list[Record]] = await consumer.getmany(
+            timeout_ms=200, max_records=max_records)
     except KafkaError as exc:
         metrics.TRANSIENT_ERRORS.labels("kafka").inc()
         log.warning("fetch failed (%s); retrying", exc)
         await Backoff(0.5, 0.5).wait()  # between half a second and a second
-        return []
+        return {}
+    return fetched
+
+
+async def poll_records(consumer: AIOKafkaConsumer, max_records: int) -> list[Record]:
+    """Up to ``max_records`` across partitions; a broker failure is counted and yields []."""
+    fetched = await poll_partitions(consumer, max_records)
     return [r for partition in fetched.values() for r in partition]
 
 
@@ -38,6 +47,11 @@ async def commit_past(consumer: AIOKafkaConsumer, records: Sequence[Record]) -> 
     for record in records:
         tp = TopicPartition(record.topic, record.partition)
         offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+    return await commit_offsets(consumer, offsets)
+
+
+async def commit_offsets(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
+    """Commit ``offsets`` (the next offset to read, per partition); see ``commit_past``."""
     try:
         await consumer.commit(offsets)
     except (CommitFailedError, IllegalStateError, KafkaError) as exc:

@@ -93,3 +93,41 @@ OFFSET_COMMIT_FAILURES = Counter(
     "rating_offset_commit_failures_total",
     "Offset commits refused (e.g. after a rebalance); the events are redelivered and "
     "deduplicated.")
+
+# Nothing stalls: failures that are not outages, each isolated, counted and alerted on.
+DEBIT_ISOLATIONS = Counter(
+    "rating_debit_isolations_total",
+    "Batches whose debit failed for a reason that is not an outage and were split to find "
+    "the events to blame (those go to the DLQ, the rest is billed).")
+DEBIT_SPLITS = Counter(
+    "rating_debit_split_statements_total",
+    "Debit statements run on parts of a batch while isolating the events to blame.")
+COMPONENT_FAILURES = Counter(
+    "rating_component_failures_total",
+    "Failures of an engine component that were neither an outage nor one input's fault "
+    "(a bug, a missing table, a privilege); the component resumes from where it had "
+    "committed, after a growing delay.", ["component"])
+DLQ_RESHAPED = Counter(
+    "rating_dlq_reshaped_total",
+    "Refused records published to the DLQ in a reduced form (null value, body or key "
+    "truncated with its size and SHA-256, error header cut), by how.", ["how"])
+DEAD_LETTERS_STORED = Counter(
+    "rating_dead_letters_stored_total",
+    "Refused records the DLQ would not take even reduced, kept in PostgreSQL "
+    "(dead_letters table) instead.")
+OUTBOX_ROW_FAILURES = Counter(
+    "rating_outbox_row_failures_total",
+    "Outbox rows the relay could not publish for a reason of their own; each is set aside "
+    "and tried again later, the others are published meanwhile.")
+OUTBOX_ROWS_SET_ASIDE = Gauge(
+    "rating_outbox_rows_set_aside",
+    "Unsent outbox rows set aside after failing to publish (tried again later).")
+OUTBOX_PURGED = Counter(
+    "rating_outbox_purged_total", "Sent outbox rows deleted after their retention.")
+TOPUP_SETTLE_FAILURES = Counter(
+    "rating_topup_settle_failures_total",
+    "Attempts to settle a pending top-up that failed for a reason of their own; the row is "
+    "marked and asked again later, the others are settled meanwhile.")
+TOPUPS_FAILING = Gauge(
+    "rating_topups_failing",
+    "Unsettled top-ups whose last settling attempt failed (marked, asked again later).")

@@ -10,6 +10,13 @@ A crash anywhere before 4 redelivers the batch; step 2 then changes nothing.
 Batches overlap, but each step sees them in order: batch N+1 is decoded and rated
 while N is being written, and written while N's offsets are being committed. No
 offset is committed before the write of every batch up to it.
+
+Nothing stalls on input: an event that cannot be decoded, rated or debited goes to
+the DLQ with its reason (a debit the database refuses is narrowed down to the events
+to blame: consumers/debit_isolation.py), and the DLQ always takes it
+(consumers/dead_letters.py). Outages are waited out. Any other failure restarts the
+pipeline from the first uncommitted offset of each partition, after a growing delay:
+the consumer never gives up on its own, only when asked to stop.
 """
 
 from __future__ import annotations
@@ -19,98 +26,45 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from consumers import metrics
-from consumers.kafka_batches import Record, commit_past, poll_records
-from consumers.retry import StoppedWhileRetrying, retry_transient
-from rating.core.errors import PermanentError, UnknownAccount
-from rating.core.events import UsageEvent, decode_usage_event
-from rating.core.rate import rate
-from rating.core.tariff import TariffBook
+from consumers.dead_letters import DeadLetterPublisher, Rejected
+from consumers.debit_isolation import IsolatedDebit, debit_isolating
+from consumers.kafka_batches import Record, commit_offsets, poll_partitions
+from consumers.retry import Backoff, StoppedWhileRetrying, retry_transient, sleep_unless
+from consumers.usage_batches import PreparedBatch, decode_all, fetch_settings, rate_into
+from rating.core.events import UsageEvent
 from rating.settings import Settings
+from rating.stores.db import connection
 from rating.stores.ledger import (
     AccountInfo,
     BatchResult,
     DebitBatch,
-    RatedUsage,
     apply_usage,
     debit_rows,
     lookup_accounts,
 )
 from rating.tariffbook.book import TariffStore
 
+__all__ = ["UsageConsumer", "fetch_settings"]
+
 log = logging.getLogger(__name__)
 
 _SLICE = 100  # events decoded or rated between two yields to the event loop
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    record: Record
-    code: str
-    reason: str
-
-
 @dataclass(slots=True)
-class PreparedBatch:
-    rated: list[RatedUsage]
-    rejected: list[Rejected]
-    repeated: int = 0  # the same (source, id) more than once in this batch
+class Polled:
+    """One poll: its records, and per partition the first offset and the one past the last."""
 
-
-def decode_all(records: Sequence[Record]) -> tuple[list[tuple[Record, UsageEvent]],
-                                                   list[Rejected]]:
-    decoded: list[tuple[Record, UsageEvent]] = []
-    rejected: list[Rejected] = []
-    types: Counter[str] = Counter()
-    for record in records:
-        try:
-            event = decode_usage_event(record.value or b"")
-        except PermanentError as exc:
-            rejected.append(Rejected(record, exc.code, exc.message))
-            types["invalid"] += 1
-            continue
-        types[f"usage.{event.service}"] += 1
-        decoded.append((record, event))
-    for type_, n in types.items():
-        metrics.EVENTS_CONSUMED.labels(type_).inc(n)
-    return decoded, rejected
-
-
-def rate_into(batch: PreparedBatch, seen: set[tuple[str, str]],
-              decoded: Sequence[tuple[Record, UsageEvent]], accounts: dict[str, AccountInfo],
-              book: TariffBook, received: datetime) -> None:
-    """Pure rating of (part of) a batch into ``batch``; ``seen`` spans the whole batch."""
-    for record, event in decoded:
-        key = (event.source, event.event_id)
-        if key in seen:  # the ledger would ignore it too; skip the work
-            batch.repeated += 1
-            continue
-        seen.add(key)
-        account = accounts.get(event.account_id)
-        try:
-            if account is None:
-                raise UnknownAccount(f"unknown account {event.account_id!r}")
-            charge = rate(event, book, account.plan_id)
-        except PermanentError as exc:
-            batch.rejected.append(Rejected(record, exc.code, exc.message))
-            continue
-        on_invoice = event.service == "stt" and account.stt_billing == "invoice"
-        batch.rated.append(RatedUsage(charge, event.time or received, on_invoice))
-
-
-def fetch_settings(settings: Settings) -> dict[str, int]:
-    """How the usage consumer fetches: a whole batch per poll, large fetches."""
-    return {"max_poll_records": settings.batch_max_events,
-            "fetch_max_wait_ms": settings.fetch_max_wait_ms,
-            "fetch_max_bytes": 64 * 1024 * 1024, "max_partition_fetch_bytes": 16 * 1024 * 1024}
+    records: list[Record]
+    ranges: dict[TopicPartition, tuple[int, int]]
 
 
 class UsageConsumer:
@@ -121,11 +75,15 @@ class UsageConsumer:
         self._settings = settings
         self._pool = pool
         self._tariffs = tariffs
-        self._producer = producer
+        self._dead_letters = DeadLetterPublisher(producer, settings.dlq_topic, pool)
         self._consumer = AIOKafkaConsumer(
             settings.usage_topic, bootstrap_servers=bootstrap, group_id=settings.consumer_group,
             enable_auto_commit=False, auto_offset_reset="earliest", **fetch_settings(settings))
         self.stopping = asyncio.Event()
+        # Set when asked to stop, or when the pipeline fails: retries in flight give up.
+        self._halt = asyncio.Event()
+        # Per partition, the first offset this member has read but not committed.
+        self._uncommitted: dict[TopicPartition, int] = {}
         self._started = False
         self._closed = False
         self.batches_committed = 0
@@ -141,13 +99,42 @@ class UsageConsumer:
     def request_stop(self) -> None:
         """Stop fetching; the batch in flight is finished and committed."""
         self.stopping.set()
+        self._halt.set()
 
     async def run(self) -> None:
         """Poll, prepare, write and acknowledge batches until asked to stop."""
-        try:
-            await self._run_batches()
-        except StoppedWhileRetrying as exc:
-            log.warning("stopping with batch uncommitted (%s); it will be redelivered", exc)
+        backoff = Backoff(1.0, 60.0)
+        while not self.stopping.is_set():
+            committed = self.batches_committed
+            self._halt = asyncio.Event()
+            try:
+                await self._run_batches()
+                return
+            except StoppedWhileRetrying as exc:
+                if self.stopping.is_set():
+                    log.warning("stopping with batch uncommitted (%s); it will be redelivered",
+                                exc)
+                    return
+                failure: Exception = exc
+            except Exception as exc:
+                failure = exc
+            if self.batches_committed > committed:
+                backoff.reset()
+            metrics.COMPONENT_FAILURES.labels("usage-consumer").inc()
+            delay = backoff.next_delay()
+            log.error("usage consumer failed (%s: %s); resuming from the first uncommitted "
+                      "offsets in %.1f s", type(failure).__name__, failure, delay,
+                      exc_info=failure)
+            self._rewind()
+            await sleep_unless(self.stopping, delay)
+
+    def _rewind(self) -> None:
+        """Read again from the first offset not committed, on the partitions still ours."""
+        assigned = self._consumer.assignment()
+        for tp, offset in self._uncommitted.items():
+            if tp in assigned:
+                with contextlib.suppress(IllegalStateError):  # revoked meanwhile
+                    self._consumer.seek(tp, offset)
 
     async def _run_batches(self) -> None:
         """Three steps at once, each on a different batch and each in batch order.
@@ -157,13 +144,13 @@ class UsageConsumer:
         previous write has committed, and an acknowledgement only once the previous
         one is done: the exactly-once argument above holds batch by batch.
         """
-        writing: asyncio.Task[BatchResult] | None = None
+        writing: asyncio.Task[IsolatedDebit] | None = None
         acknowledging: asyncio.Task[None] | None = None
         try:
             while not self.stopping.is_set():
-                records = await self._poll()
+                polled = await self._poll()
                 await self._update_lag()
-                staged = await self._prepare(records) if records else None
+                staged = await self._prepare(polled.records) if polled.records else None
                 if writing is not None:
                     await writing  # one write at a time; a failed one surfaces here
                     writing = None
@@ -174,14 +161,14 @@ class UsageConsumer:
                 prepared, debit, rejected = staged
                 writing = asyncio.create_task(self._write(debit))
                 acknowledging = asyncio.create_task(
-                    self._acknowledge(records, prepared, rejected, writing, acknowledging))
+                    self._acknowledge(polled, prepared, rejected, writing, acknowledging))
                 # Let the write send its first statement before the next poll, whose
                 # record parsing would otherwise keep the database waiting.
                 await asyncio.sleep(0)
         except BaseException:
             # Retries in flight give up rather than wait for a recovery; what was
             # written is still acknowledged, and the first failure is the one raised.
-            self.stopping.set()
+            self._halt.set()
             if acknowledging is not None:
                 with contextlib.suppress(Exception):
                     await acknowledging
@@ -189,8 +176,16 @@ class UsageConsumer:
         if acknowledging is not None:
             await acknowledging  # waits for every earlier acknowledgement too
 
-    async def _poll(self) -> list[Record]:
-        return await poll_records(self._consumer, self._settings.batch_max_events)
+    async def _poll(self) -> Polled:
+        fetched = await poll_partitions(self._consumer, self._settings.batch_max_events)
+        records: list[Record] = []
+        ranges: dict[TopicPartition, tuple[int, int]] = {}
+        for tp, part in fetched.items():
+            if part:
+                records += part
+                ranges[tp] = (part[0].offset, part[-1].offset + 1)
+                self._uncommitted.setdefault(tp, part[0].offset)
+        return Polled(records, ranges)
 
     async def _prepare(self, records: list[Record]
                        ) -> tuple[PreparedBatch, DebitBatch, list[Rejected]]:
@@ -214,10 +209,10 @@ class UsageConsumer:
             await asyncio.sleep(0)
 
         async def lookup() -> dict[str, AccountInfo]:
-            async with self._pool.acquire() as conn:
+            async with connection(self._pool) as conn:
                 return await lookup_accounts(conn, list({e.account_id for _, e in decoded}))
 
-        accounts = await retry_transient(lookup, what="account lookup", stopping=self.stopping)
+        accounts = await retry_transient(lookup, what="account lookup", stopping=self._halt)
         book = self._tariffs.book  # one tariff snapshot for the whole batch
         prepared = PreparedBatch([], [])
         seen: set[tuple[str, str]] = set()
@@ -229,56 +224,48 @@ class UsageConsumer:
             await asyncio.sleep(0)
         return prepared, DebitBatch.of(prepared.rated, rows), rejected
 
-    async def _write(self, debit: DebitBatch) -> BatchResult:
-        """The batch's debit transaction, retried until it commits (or we stop)."""
+    async def _apply(self, debit: DebitBatch) -> BatchResult:
+        """One debit statement, retried while the database is out (or until we stop)."""
         async def write() -> BatchResult:
-            async with self._pool.acquire() as conn:
+            async with connection(self._pool) as conn:
                 started = time.perf_counter()
                 result = await apply_usage(conn, debit)
                 metrics.DEBIT_SECONDS.observe(time.perf_counter() - started)
             return result
 
-        result = await retry_transient(write, what="debit transaction", stopping=self.stopping)
+        return await retry_transient(write, what="debit transaction", stopping=self._halt)
+
+    async def _write(self, debit: DebitBatch) -> IsolatedDebit:
+        """The batch's debit: whole, or all but the events the database refuses."""
+        written = await debit_isolating(self._apply, debit)
         committed_at = time.time()
         metrics.EVENT_TO_COMMIT_SECONDS.observe_many(
             max(0.0, committed_at - usage.event_time.timestamp()) for usage in debit.usage)
-        return result
+        return written
 
-    async def _acknowledge(self, records: list[Record], prepared: PreparedBatch,
-                           rejected: list[Rejected], written: asyncio.Task[BatchResult],
+    async def _acknowledge(self, polled: Polled, prepared: PreparedBatch,
+                           rejected: list[Rejected], written: asyncio.Task[IsolatedDebit],
                            previous: asyncio.Task[None] | None) -> None:
         """DLQ and offsets of a batch, once the previous one is acknowledged and this one
         written (a failure of either is raised here, before any offset is committed)."""
         if previous is not None:
             await previous
-        result = await written
-        rejected = rejected + prepared.rejected
+        isolated = await written
+        rejected = rejected + prepared.rejected + [
+            Rejected(prepared.rated_records[index], why.code, why.message)
+            for index, why in isolated.refused]
         if rejected:
-            await retry_transient(lambda: self._send_to_dlq(rejected), what="DLQ publish",
-                                  stopping=self.stopping)
-        await self._commit(records)
-        self._count(result, rejected)
+            await self._dead_letters.publish(rejected, self._halt)
+        await self._commit(polled)
+        self._count(isolated.result, rejected)
         if prepared.repeated:
             metrics.EVENTS_DUPLICATE.inc(prepared.repeated)
 
-    async def _send_to_dlq(self, rejected: list[Rejected]) -> None:
-        futures = []
-        for item in rejected:
-            record = item.record
-            headers = [
-                ("error", item.reason.encode()), ("error_code", item.code.encode()),
-                ("source_topic", record.topic.encode()),
-                ("source_partition", str(record.partition).encode()),
-                ("source_offset", str(record.offset).encode()),
-            ]
-            futures.append(await self._producer.send(
-                self._settings.dlq_topic, value=record.value, key=record.key, headers=headers,
-                partition=None))
-        await asyncio.gather(*futures)
-
-    async def _commit(self, records: list[Record]) -> None:
+    async def _commit(self, polled: Polled) -> None:
         # A refused commit is harmless: the ledger's unique key absorbs the redelivery.
-        if await commit_past(self._consumer, records):
+        offsets = {tp: end for tp, (_first, end) in polled.ranges.items()}
+        if await commit_offsets(self._consumer, offsets):
+            self._uncommitted.update(offsets)
             self.batches_committed += 1
             metrics.LAST_COMMIT_TIMESTAMP.set_to_current_time()
 

@@ -44,6 +44,8 @@ class CallUsage:
     from_s: int
     to_s: int
     final: bool = False
+    # When the call started (optional): the whole call is priced by the version then.
+    started_at: datetime | None = None
 
 
 # A frozen dataclass's __init__ pays a generic object.__setattr__ per field;
@@ -63,9 +65,11 @@ def _new_call(
     from_s: int,
     to_s: int,
     final: bool,
+    started_at: datetime | None,
 ) -> CallUsage:
     event = _new(CallUsage)
-    s_id, s_source, s_account, s_time, s_call, s_dest, s_from, s_to, s_final = _CALL_SETTERS
+    (s_id, s_source, s_account, s_time, s_call, s_dest, s_from, s_to, s_final,
+     s_started) = _CALL_SETTERS
     s_id(event, event_id)
     s_source(event, source)
     s_account(event, account_id)
@@ -75,6 +79,7 @@ def _new_call(
     s_from(event, from_s)
     s_to(event, to_s)
     s_final(event, final)
+    s_started(event, started_at)
     return event
 
 
@@ -93,6 +98,7 @@ class TollFreeUsage:
     from_s: int
     to_s: int
     final: bool = False
+    started_at: datetime | None = None  # as for calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +182,23 @@ def _final(data: dict[str, Any]) -> bool:
     return value
 
 
+def _started_at(data: dict[str, Any], when: datetime | None) -> datetime | None:
+    """``data.started_at``: optional; an RFC 3339 time not after the event's ``time``."""
+    value = data.get("started_at")
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise _invalid("data.started_at: must be an RFC 3339 string")
+    try:
+        started = _parse_time(value)
+    except ValueError as exc:
+        # _parse_time names the field "time"; this one is data.started_at.
+        raise _invalid("data.started_at" + str(exc).removeprefix("time")) from exc
+    if when is not None and started > when:
+        raise _invalid("data.started_at: after the event's time")
+    return started
+
+
 def _interval(data: dict[str, Any]) -> tuple[int, int]:
     from_s, to_s = _int(data, "from_s"), _int(data, "to_s")
     if not 0 <= from_s < to_s:
@@ -223,7 +246,9 @@ def _call(
         and 0 <= from_s < to_s
         and type(final) is bool
     ):
-        return _new_call(event_id, source, subject, when, call_id, destination, from_s, to_s, final)
+        started = None if "started_at" not in data else _started_at(data, when)
+        return _new_call(event_id, source, subject, when, call_id, destination, from_s, to_s,
+                         final, started)
     _text(data, "call_id", "data.")
     _e164(data, "destination")
     _interval(data)
@@ -250,7 +275,8 @@ def _tollfree(
         and type(final) is bool
     ):
         return TollFreeUsage(
-            event_id, source, subject, when, call_id, number, direction, from_s, to_s, final
+            event_id, source, subject, when, call_id, number, direction, from_s, to_s, final,
+            _started_at(data, when),
         )
     _text(data, "call_id", "data.")
     _e164(data, "tollfree_number")

@@ -90,13 +90,23 @@ def _no_service(version: PlanVersion, service: str) -> NoRate:
     return NoRate(f"plan {version.plan_id!r} does not price {service}")
 
 
-def rate(event: UsageEvent, book: TariffBook, plan_id: str) -> Charge:
-    """Price ``event`` with the version of ``plan_id`` in force at the event's time.
+def priced_at(event: UsageEvent, at: datetime | None = None) -> datetime | None:
+    """When the price of ``event`` is taken: a call's ``started_at`` (the whole call at
+    the prices it started with), else the event's ``time``, else ``at`` (the Kafka
+    record's timestamp, for an event without ``time``); None means now."""
+    if isinstance(event, (CallUsage, TollFreeUsage)) and event.started_at is not None:
+        return event.started_at
+    return event.time if event.time is not None else at
+
+
+def rate(event: UsageEvent, book: TariffBook, plan_id: str,
+         at: datetime | None = None) -> Charge:
+    """Price ``event`` with the version of ``plan_id`` in force at ``priced_at(event, at)``.
 
     Raises ``UnknownPlan``, ``NoRate`` or ``ChargeTooLarge`` (all permanent: the
     event goes to the DLQ).
     """
-    version = book.plan(plan_id, event.time)
+    version = book.plan(plan_id, priced_at(event, at))
     country: str | None
     detail: RatedDetail
     # Most frequent service first; isinstance keeps mypy's narrowing.
@@ -170,4 +180,4 @@ def call_rate_for(
     return version.call.lookup(destination)[1]
 
 
-__all__ = ["Charge", "call_rate_for", "rate"]
+__all__ = ["Charge", "call_rate_for", "priced_at", "rate"]

@@ -60,7 +60,7 @@ async def test_a_revoked_members_written_but_uncommitted_batch_is_not_debited_tw
     try:
         records = []
         while len(records) < 150:
-            records += await first._poll()
+            records += (await first._poll()).records
         # The debit commits, then the member loses its partitions before its offset
         # commit: exactly the window a rebalance opens.
         _prepared, debit, _rejected = await first._prepare(records)
