@@ -191,7 +191,10 @@ class RechargeWorker:
             RECHARGE_ACCOUNTS_DISABLED.labels(reason).set(disabled.get(reason, 0))
 
     async def _settle_topups(self) -> None:
+        failures = self.topups.settle_failures
         TOPUPS_SETTLED.inc(await self.topups.settle_pending())
+        metrics.TOPUP_SETTLE_FAILURES.inc(self.topups.settle_failures - failures)
+        metrics.TOPUPS_FAILING.set(await self.topups.failing())
 
     async def _report_in_flight(self) -> None:
         in_flight = await self.recharges.in_flight()

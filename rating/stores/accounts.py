@@ -19,8 +19,8 @@ from rating.core.errors import (
     InvalidRequest,
     UnknownAccount,
 )
-from rating.core.money import format_amount
-from rating.stores.db import Connection
+from rating.core.money import BALANCE_BOUND, format_amount
+from rating.stores.db import Connection, exceeds_balance_bound
 from rating.stores.explain import DETAIL_COLUMNS, detail_of
 from rating.stores.outbox import BalanceChange, OutboxEvent, crossing_events, insert_events
 from rating.stores.recharge_requests import request_recharge
@@ -245,10 +245,17 @@ class AccountStore:
                 """, account_id, kind, source, key, amount, account.currency, reason)
             if entry_id is None:
                 return await self._replayed(conn, account, kind, source, key, amount)
-            row = await conn.fetchrow(
-                f"UPDATE accounts SET balance = balance + $2, version = version + 1,"
-                f" updated_at = now() WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}",
-                account_id, amount)
+            try:
+                row = await conn.fetchrow(
+                    f"UPDATE accounts SET balance = balance + $2, version = version + 1,"
+                    f" updated_at = now() WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}",
+                    account_id, amount)
+            except asyncpg.PostgresError as exc:
+                if exceeds_balance_bound(exc):  # nothing of this credit is kept
+                    raise InvalidRequest(
+                        f"this would take the balance past {format_amount(BALANCE_BOUND)}"
+                        " either way", code="balance_out_of_range") from exc
+                raise
             assert row is not None  # locked above, so it still exists
             after = Account.from_record(row)
             change = BalanceChange(account_id, account.balance, after.balance,

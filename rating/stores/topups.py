@@ -18,6 +18,7 @@ from rating.core.errors import (
 )
 from rating.payments.provider import ChargeRequest, PaymentProvider, PaymentResult
 from rating.stores.accounts import Account, AccountStore
+from rating.stores.db import is_transient
 from rating.stores.recharges import RechargePolicy
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class TopupService:
         self._store = AccountStore(pool)
         self._provider = provider
         self.policy = policy or RechargePolicy()
+        self.settle_failures = 0  # rows set aside by settle_pending, since start
 
     @property
     def provider(self) -> PaymentProvider:
@@ -96,7 +98,14 @@ class TopupService:
                            result.payment_id)
 
     async def settle_pending(self) -> int:
-        """Ask about top-ups left pending or unanswered; return how many settled now."""
+        """Ask about top-ups left pending or unanswered; return how many settled now.
+
+        Each row is settled on its own. One that fails for a reason of its own (its
+        credit refused, a bug) is marked (``failures``, ``last_error``), logged once,
+        counted in ``settle_failures``, and asked again later with a growing delay
+        (one minute, doubling, at most an hour); the rows behind it are settled
+        meanwhile. A database outage stops the round (the rows are due again later).
+        """
         rows = await self._pool.fetch(
             """
             UPDATE topup_payments SET next_check_at = now() + make_interval(secs => $2),
@@ -105,7 +114,7 @@ class TopupService:
                          WHERE status IN ('requested', 'pending') AND next_check_at <= now()
                          ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED)
             RETURNING account_id, idempotency_key, amount, currency::text AS currency, status,
-                      payment_id
+                      payment_id, failures
             """, self.policy.batch, float(self.policy.settle_poll_s))
         settled = 0
         for r in rows:
@@ -120,10 +129,38 @@ class TopupService:
                 log.warning("payment provider failed settling top-up %s/%s (%s: %s)",
                             r["account_id"], r["idempotency_key"], type(exc).__name__, exc)
                 continue
-            outcome = await self._record(r["account_id"], r["idempotency_key"], r["amount"],
-                                         result)
+            try:
+                outcome = await self._record(r["account_id"], r["idempotency_key"],
+                                             r["amount"], result)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                await self._set_aside(r, exc)
+                continue
             settled += outcome is None or outcome[0] == "succeeded"
         return settled
+
+    async def _set_aside(self, row: asyncpg.Record, exc: Exception) -> None:
+        """Mark a top-up whose settling failed; it is asked again after a growing delay."""
+        self.settle_failures += 1
+        error = f"{type(exc).__name__}: {exc}"
+        await self._pool.execute(
+            "UPDATE topup_payments SET failures = failures + 1, last_error = $3,"
+            " next_check_at = now() + least(3600, 60 * power(2, failures)) * interval '1 second',"
+            " updated_at = now()"
+            " WHERE account_id = $1 AND idempotency_key = $2 AND status <> 'succeeded'",
+            row["account_id"], row["idempotency_key"], error.replace("\x00", "\\x00"))
+        if row["failures"] == 0:  # logged once; the metric and the row count the rest
+            log.error("settling top-up %s/%s failed (%s); marked and asked again later, "
+                      "the other top-ups are settled meanwhile", row["account_id"],
+                      row["idempotency_key"], error, exc_info=exc)
+
+    async def failing(self) -> int:
+        """Unsettled top-ups whose last settling attempt failed."""
+        count: int = await self._pool.fetchval(
+            "SELECT count(*) FROM topup_payments"
+            " WHERE status IN ('requested', 'pending') AND failures > 0")
+        return count
 
     async def _record(self, account_id: str, idempotency_key: str, amount: int,
                       result: PaymentResult) -> tuple[TopupStatus, Account | None, bool] | None:
