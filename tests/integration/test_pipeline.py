@@ -289,4 +289,4 @@ async def test_relayed_balance_events_match_their_schema_and_keep_their_ids(
     assert sorted(e["id"] for e in events) == sorted(r["event_id"] for r in ids)
     low = next(e for e in events if e["type"] == "balance.low")
     assert low["data"] == {"account_id": "acct-1", "balance": "-0.100000",
-                           "threshold": "0.250000", "currency": "EUR"}
+                           "threshold": "0.250000", "currency": "EUR", "version": 1}
