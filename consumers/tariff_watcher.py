@@ -11,13 +11,22 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from types import TracebackType
 
 from prometheus_client import Counter, Gauge
 
-from rating.tariffbook.book import ReloadResult, TariffStore
+from consumers.retry import transient_dependency
+from rating.core.errors import TariffIssue
+from rating.core.tariff import TariffBook
+from rating.tariffbook.book import ReloadGuard, ReloadResult, TariffStore
+from rating.tariffbook.references import PlansInUse, dropped_references
 
 log = logging.getLogger(__name__)
+
+# Which plans accounts are on, in which currencies (rating/stores/plans_in_use.py).
+PlansInUseQuery = Callable[[], Awaitable[PlansInUse]]
 
 RELOADS = Counter(
     "rating_tariff_reload",
@@ -37,10 +46,12 @@ LAST_RELOAD_TIMESTAMP = Gauge(
 class TariffWatcher:
     """Reloads ``store`` when its files change (every ``interval_s``) or on SIGHUP."""
 
-    def __init__(self, store: TariffStore, interval_s: float = 2.0) -> None:
+    def __init__(self, store: TariffStore, interval_s: float = 2.0, *,
+                 plans_in_use: PlansInUseQuery | None = None) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         self._store = store
+        self._plans_in_use = plans_in_use
         self._interval_s = interval_s
         self._wake = asyncio.Event()
         self._force = False
@@ -100,13 +111,23 @@ class TariffWatcher:
         """Reload (or only if changed, ``force=False``) and record the outcome."""
         async with self._lock:
             # A 100 000-row deck takes about a second to load: keep it off the loop.
-            if force:
-                result: ReloadResult | None = await asyncio.to_thread(self._store.reload)
-            else:
-                result = await asyncio.to_thread(self._store.reload_if_changed)
-        if result is not None:
-            self._record(result)
+            if not force and not await asyncio.to_thread(self._store.changed):
+                return None
+            guard = await self._guard()
+            result: ReloadResult = await asyncio.to_thread(self._store.reload, guard)
+        self._record(result)
         return result
+
+    async def _guard(self) -> ReloadGuard | None:
+        """What the new book must keep for the accounts (refused like an invalid file)."""
+        if self._plans_in_use is None:
+            return None
+        in_use = await self._plans_in_use()  # a database outage: tried at the next poll
+
+        def guard(current: TariffBook, new: TariffBook) -> list[TariffIssue]:
+            return dropped_references(current, new, in_use, datetime.now(UTC))
+
+        return guard
 
     def _record(self, result: ReloadResult) -> None:
         if result.ok:
@@ -131,7 +152,12 @@ class TariffWatcher:
             force, self._force = self._force, False
             try:
                 await self.reload_now(force=force)
-            except Exception:
+            except Exception as exc:
+                if transient_dependency(exc) is not None:  # the accounts check's database
+                    log.warning("tariff reload postponed: cannot check the plans in use "
+                                "(%s); trying again in %.1f s", exc, self._interval_s)
+                    self._force = self._force or force
+                    continue
                 # The watcher must outlive a surprise (e.g. a permission change); the
                 # engine keeps rating with the book it has.
                 log.exception("tariff reload crashed; retrying in %.1f s", self._interval_s)

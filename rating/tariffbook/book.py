@@ -9,6 +9,7 @@ rename: a file caught half-written may happen to parse.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from rating.core.tariff import TariffBook
 from rating.tariffbook.files import load_tariffs
 
 Fingerprint = tuple[tuple[str, int, int], ...]
+# Given the book in force and a new one that loads, the reasons to refuse the new one.
+ReloadGuard = Callable[[TariffBook, TariffBook], list[TariffIssue]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +61,12 @@ class TariffStore:
         self.book: TariffBook = load_tariffs(root)
         self.last_issues: list[TariffIssue] = []
 
-    def reload(self) -> ReloadResult:
-        """Load the files again; on any issue keep the current book."""
+    def reload(self, guard: ReloadGuard | None = None) -> ReloadResult:
+        """Load the files again; on any issue keep the current book.
+
+        ``guard(current, new)`` may refuse a new book that loads: its issues are
+        reported as those of an invalid file (rating/tariffbook/references.py).
+        """
         # Taken before reading, so an edit landing mid-load triggers another reload.
         self._attempted = fingerprint(self.root)
         try:
@@ -67,12 +74,20 @@ class TariffStore:
         except TariffError as exc:
             self.last_issues = exc.issues
             return ReloadResult(ok=False, issues=exc.issues, changed=False)
+        refused = guard(self.book, book) if guard is not None else []
+        if refused:
+            self.last_issues = refused
+            return ReloadResult(ok=False, issues=refused, changed=False)
         self.book = book
         self.last_issues = []
         return ReloadResult(ok=True, issues=[], changed=True)
 
-    def reload_if_changed(self) -> ReloadResult | None:
+    def changed(self) -> bool:
+        """Whether any file changed since the last reload attempt."""
+        return fingerprint(self.root) != self._attempted
+
+    def reload_if_changed(self, guard: ReloadGuard | None = None) -> ReloadResult | None:
         """``reload()`` if any file changed since the last attempt, else ``None``."""
-        if fingerprint(self.root) == self._attempted:
+        if not self.changed():
             return None
-        return self.reload()
+        return self.reload(guard)
