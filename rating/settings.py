@@ -38,6 +38,21 @@ def _positive_int(name: str, raw: str) -> int:
     return value
 
 
+# Kafka's own limits (a partition count and a replication factor are int32 / int16).
+MAX_TOPIC_PARTITIONS = 100_000
+MAX_TOPIC_REPLICATION = 32_767
+
+
+def _bounded(largest: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        value = _positive_int(name, raw)
+        if value > largest:
+            raise SettingsError(f"{name}: at most {largest}, got {raw!r}")
+        return value
+
+    return parse
+
+
 def _batch_size(name: str, raw: str) -> int:
     value = _positive_int(name, raw)
     if value > MAX_BATCH_EVENTS:  # a batch's sum of charges must fit a bigint
@@ -147,6 +162,13 @@ class Settings:
     # The billing page's one-time amounts per currency (currency -> micro-units);
     # a currency not listed gets 10, 25, 50 and 100.
     topup_presets: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # Topics the engine creates when missing (existing ones are used as they are): the
+    # usage and balance topics get this many partitions (the DLQ one, so its offsets
+    # number its records), every topic this replication factor.
+    topic_partitions: int = 8
+    topic_replication: int = 1
+    # Sent outbox rows (balance events already on Kafka) are deleted after this long.
+    outbox_retention_hours: int = 168
 
     def __post_init__(self) -> None:
         for name in ("usage_topic", "dlq_topic", "balance_topic", "consumer_group",
@@ -160,6 +182,10 @@ class Settings:
             raise SettingsError(f"recharge_retry_seconds: 1 or more waits of 0..{_MAX_WAIT_S} s")
         if not 0 < self.recharge_sweep_seconds <= _MAX_WAIT_S:
             raise SettingsError(f"recharge_sweep_seconds: more than 0, at most {_MAX_WAIT_S}")
+        if not 1 <= self.topic_partitions <= MAX_TOPIC_PARTITIONS:
+            raise SettingsError(f"topic_partitions: must be 1..{MAX_TOPIC_PARTITIONS}")
+        if not 1 <= self.topic_replication <= MAX_TOPIC_REPLICATION:
+            raise SettingsError(f"topic_replication: must be 1..{MAX_TOPIC_REPLICATION}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -207,4 +233,11 @@ class Settings:
             recharge_sweep_seconds=parsed("RATING_RECHARGE_SWEEP_SECONDS", _seconds,
                                           defaults.recharge_sweep_seconds),
             topup_presets=parsed("RATING_TOPUP_PRESETS", _presets, defaults.topup_presets),
+            topic_partitions=parsed("RATING_TOPIC_PARTITIONS", _bounded(MAX_TOPIC_PARTITIONS),
+                                    defaults.topic_partitions),
+            topic_replication=parsed("RATING_TOPIC_REPLICATION",
+                                     _bounded(MAX_TOPIC_REPLICATION),
+                                     defaults.topic_replication),
+            outbox_retention_hours=parsed("RATING_OUTBOX_RETENTION_HOURS", _positive_int,
+                                          defaults.outbox_retention_hours),
         )
