@@ -111,7 +111,14 @@ def rate_into(batch: PreparedBatch, seen: set[tuple[str, str]],
 
 
 def fetch_settings(settings: Settings) -> dict[str, int]:
-    """How the usage consumer fetches: a whole batch per poll, large fetches."""
+    """How the usage consumer fetches: a whole batch per poll, large fetches.
+
+    Its group session is 6 s, the least a Kafka broker accepts by default
+    (group.min.session.timeout.ms): a member that died is replaced sooner than with
+    aiokafka's 10 s, and the embedded broker, which holds a group's first join for
+    half the session, lets the engine commit its first batch seconds earlier.
+    """
     return {"max_poll_records": settings.batch_max_events,
             "fetch_max_wait_ms": settings.fetch_max_wait_ms,
-            "fetch_max_bytes": 64 * 1024 * 1024, "max_partition_fetch_bytes": 16 * 1024 * 1024}
+            "fetch_max_bytes": 64 * 1024 * 1024, "max_partition_fetch_bytes": 16 * 1024 * 1024,
+            "session_timeout_ms": 6_000, "heartbeat_interval_ms": 2_000}
