@@ -48,11 +48,15 @@ def record_time(record: Record, received: datetime) -> datetime:
     return datetime.fromtimestamp(stamp / 1000, UTC)
 
 
-def decode_all(records: Sequence[Record]) -> tuple[list[tuple[Record, UsageEvent]],
-                                                   list[Rejected]]:
+def decode_all(records: Sequence[Record], types: Counter[str] | None = None,
+               ) -> tuple[list[tuple[Record, UsageEvent]], list[Rejected]]:
+    """Decode ``records``; the count of each type goes to ``types`` when given (the caller
+    then reports it once per batch), else to the metric at once."""
     decoded: list[tuple[Record, UsageEvent]] = []
     rejected: list[Rejected] = []
-    types: Counter[str] = Counter()
+    report = types is None
+    if types is None:
+        types = Counter()
     for record in records:
         try:
             if record.value is None:
@@ -69,9 +73,14 @@ def decode_all(records: Sequence[Record]) -> tuple[list[tuple[Record, UsageEvent
             continue
         types[f"usage.{event.service}"] += 1
         decoded.append((record, event))
+    if report:
+        count_consumed(types)
+    return decoded, rejected
+
+
+def count_consumed(types: Counter[str]) -> None:
     for type_, n in types.items():
         metrics.EVENTS_CONSUMED.labels(type_).inc(n)
-    return decoded, rejected
 
 
 def rate_into(batch: PreparedBatch, seen: set[tuple[str, str]],

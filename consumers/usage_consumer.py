@@ -38,7 +38,13 @@ from consumers.dead_letters import DeadLetterPublisher, Rejected
 from consumers.debit_isolation import IsolatedDebit, debit_isolating
 from consumers.kafka_batches import Record, commit_offsets, poll_partitions
 from consumers.retry import Backoff, StoppedWhileRetrying, retry_transient, sleep_unless
-from consumers.usage_batches import PreparedBatch, decode_all, fetch_settings, rate_into
+from consumers.usage_batches import (
+    PreparedBatch,
+    count_consumed,
+    decode_all,
+    fetch_settings,
+    rate_into,
+)
 from rating.core.events import UsageEvent
 from rating.settings import Settings
 from rating.stores.db import connection
@@ -202,11 +208,13 @@ class UsageConsumer:
         # throughput, measured with make bench).
         decoded: list[tuple[Record, UsageEvent]] = []
         rejected: list[Rejected] = []
+        types: Counter[str] = Counter()
         for start in range(0, len(records), _SLICE):
-            more_decoded, more_rejected = decode_all(records[start:start + _SLICE])
+            more_decoded, more_rejected = decode_all(records[start:start + _SLICE], types)
             decoded += more_decoded
             rejected += more_rejected
             await asyncio.sleep(0)
+        count_consumed(types)
 
         async def lookup() -> dict[str, AccountInfo]:
             async with connection(self._pool) as conn:
