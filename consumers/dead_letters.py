@@ -146,8 +146,23 @@ class DeadLetterPublisher:
         """Send every item still in ``stage`` once: the sent leave it, those refused for
         their own fault move to their next form; returns an outage if there was one."""
         sending = list(stage)
-        outcomes = await asyncio.gather(
-            *(self._send(items[i], stage[i]) for i in sending), return_exceptions=True)
+        # Handed to the producer one after the other, in order (thousands of concurrent
+        # sends starve its accumulator until the batches time out); acknowledged together.
+        pending: list[asyncio.Future[object] | BaseException] = []
+        down: BaseException | None = None  # the broker is out: the rest waits a round
+        for i in sending:
+            if down is not None:
+                pending.append(down)
+                continue
+            key, value, headers = dead_letter(items[i], without_value=stage[i] == _WITHOUT_VALUE)
+            try:
+                pending.append(await self._producer.send(self._topic, value=value, key=key,
+                                                         headers=headers))
+            except Exception as exc:
+                pending.append(exc)
+                if transient_dependency(exc) == "kafka":
+                    down = exc
+        outcomes = await asyncio.gather(*(_settled(p) for p in pending))
         outage: BaseException | None = None
         for i, outcome in zip(sending, outcomes, strict=True):
             if outcome is None:
@@ -166,11 +181,6 @@ class DeadLetterPublisher:
                             else "keeping it in the dead_letters table")
         return outage
 
-    async def _send(self, item: Rejected, level: int) -> None:
-        key, value, headers = dead_letter(item, without_value=level == _WITHOUT_VALUE)
-        future = await self._producer.send(self._topic, value=value, key=key, headers=headers)
-        await future
-
     async def _store(self, items: list[Rejected], reasons: list[str],
                      stopping: asyncio.Event) -> None:
         letters = [StoredDeadLetter(i.record.topic, i.record.partition, i.record.offset,
@@ -187,3 +197,16 @@ class DeadLetterPublisher:
             log.error("kept the refused record from %s[%d]@%d in the dead_letters table: "
                       "the DLQ would not take it (%s)", letter.source_topic,
                       letter.source_partition, letter.source_offset, letter.publish_error)
+
+
+async def _settled(sent: asyncio.Future[object] | BaseException) -> BaseException | None:
+    """None once the broker acknowledged, else why not."""
+    if isinstance(sent, BaseException):
+        return sent
+    try:
+        await sent
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return exc
+    return None
