@@ -37,6 +37,7 @@ from consumers.outbox_relay import OutboxRelay
 from consumers.recharge_worker import RechargeWorker
 from consumers.tariff_watcher import TariffWatcher
 from consumers.usage_consumer import UsageConsumer
+from engine.quiet_logs import quiet_repeated_client_lines
 from engine.services import (
     Endpoints,
     endpoints,
@@ -101,6 +102,7 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None,
 
     ``provider`` replaces the simulated one ``settings`` describe (tests hold theirs).
     """
+    quiet_repeated_client_lines()
     check_listen(settings.http_host, settings.metrics_port, "RATING_METRICS_PORT")
     check_listen(settings.http_host, settings.http_port, "RATING_HTTP_PORT")
     loading = asyncio.create_task(asyncio.to_thread(TariffStore, settings.tariffs_dir))
