@@ -77,3 +77,21 @@ def test_a_bad_started_at_is_an_invalid_event(started_at: object, message: str) 
     with pytest.raises(InvalidEvent) as caught:
         decode_usage_event(call({"destination": "+442071234567", "started_at": started_at}))
     assert caught.value.code == "invalid_event" and message in caught.value.message
+
+
+def test_the_schemas_take_started_at_as_the_decoder_does() -> None:
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    for type_, data in (("usage.call", {"destination": "+442071234567"}),
+                        ("usage.tollfree", {"tollfree_number": "+448001234567",
+                                            "direction": "inbound"})):
+        schema = json.loads((REPO / "schemas" / f"{type_}.json").read_text())
+        validator = Draft202012Validator(schema)
+        good = orjson.loads(call({**data, "started_at": BEFORE}, type_=type_))
+        bad = orjson.loads(call({**data, "started_at": "yesterday"}, type_=type_))
+        assert validator.is_valid(good) and decode_usage_event(orjson.dumps(good))
+        assert not validator.is_valid(bad)
+        with pytest.raises(InvalidEvent):
+            decode_usage_event(orjson.dumps(bad))
