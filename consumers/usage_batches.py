@@ -2,7 +2,7 @@
 
 Every record leaves as a rated usage or as a ``Rejected`` with its DLQ code: a
 record that makes decoding or rating fail unexpectedly (a bug) is rejected too
-(``rating_failed``), so that one event never stops billing for everyone.
+(``internal_error``), so that one event never stops billing for everyone.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class PreparedBatch:
 def _crashed(record: Record, stage: str, exc: Exception) -> Rejected:
     log.error("%s failed on the record at %s[%d]@%d: %s: %s", stage, record.topic,
               record.partition, record.offset, type(exc).__name__, exc, exc_info=exc)
-    return Rejected(record, "rating_failed", f"{stage} failed: {type(exc).__name__}: {exc}")
+    return Rejected(record, "internal_error", f"{stage} failed: {type(exc).__name__}: {exc}")
 
 
 def record_time(record: Record, received: datetime) -> datetime:
