@@ -125,9 +125,9 @@ ALERT_CROSSINGS_SQL = """unnest(u.alerts) AS alert(threshold)
     WHERE cardinality(u.alerts) > 0 AND u.before >= alert.threshold
       AND alert.threshold > u.after"""
 ALERTED_SQL = """), alerted AS (
-    INSERT INTO outbox (event_id, type, account_id, balance, threshold, currency)
+    INSERT INTO outbox (event_id, type, account_id, balance, threshold, currency, version)
     SELECT u.id || ':' || u.version || ':balance.alert:' || alert.threshold, 'balance.alert',
-           u.id, u.after, alert.threshold, u.currency
+           u.id, u.after, alert.threshold, u.currency, u.version
     FROM updated u, LATERAL """ + ALERT_CROSSINGS_SQL + """
     ORDER BY u.id, alert.threshold DESC
     ON CONFLICT (event_id) DO NOTHING
