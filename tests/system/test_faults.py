@@ -134,7 +134,7 @@ async def test_database_stopped_twice_and_broker_cut_twice_while_events_flow(
             NewAccount(a, "standard", "EUR", parse_amount("1000")) for a in accounts)
     finally:
         await pool.close()
-    events = call_events("o", accounts, 4000)
+    events = call_events("o", accounts, 3000)
     log = tmp_path / "engine.log"
     engine = start_engine(engine_env(settings, RATING_BATCH_MAX_EVENTS="100"), log)
     publisher = Publisher(bootstrap, settings.usage_topic, events, burst=40, every_s=0.25)
@@ -150,7 +150,7 @@ async def test_database_stopped_twice_and_broker_cut_twice_while_events_flow(
             seen = await progress(pg.dsn, seen, f"billing resumed after database outage "
                                   f"{outage + 1}")
             await proxy.cut()
-            await asyncio.sleep(5)
+            await asyncio.sleep(4)
             await proxy.start()
             seen = await progress(pg.dsn, seen, f"billing resumed after broker cut "
                                   f"{outage + 1}")
@@ -185,14 +185,14 @@ async def test_three_engines_killed_again_and_again_bill_exactly_and_lose_no_ref
     accounts = [f"acct-{i}" for i in range(30)]
     await AccountStore(pool).create_many(
         NewAccount(a, "standard", "EUR", parse_amount("1000")) for a in accounts)
-    valid = call_events("k", accounts, 9000)
+    valid = call_events("k", accounts, 6000)
     refused = [("acct-0", b"not json %d" % i) if i % 2 else
                (f"nobody-{i}", usage_event("usage.call", f"x{i}", f"nobody-{i}", {
                    "call_id": "c", "destination": "+442071234567", "from_s": 0, "to_s": 60}))
                for i in range(300)]
     stream = valid[:]
     for i, item in enumerate(refused):
-        stream.insert(i * 30 + 7, item)
+        stream.insert(i * 20 + 7, item)
     env = engine_env(replace(settings, metrics_port=0, http_port=0),
                      RATING_BATCH_MAX_EVENTS="200")
     logs = [tmp_path / f"engine-{n}.log" for n in range(3)]
@@ -204,8 +204,8 @@ async def test_three_engines_killed_again_and_again_bill_exactly_and_lose_no_ref
         for n, engine in enumerate(engines):
             await wait_for_log(logs[n], "rating engine running", engine)
         publisher.start()
-        for _kill in range(5):
-            await asyncio.sleep(3)
+        for _kill in range(4):
+            await asyncio.sleep(2.5)
             n = chooser.randrange(3)
             engines[n].kill()  # SIGKILL: nothing finished, nothing committed
             engines[n].wait(10)
