@@ -20,7 +20,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
@@ -31,7 +31,7 @@ from consumers import metrics
 from consumers.kafka_batches import Record, commit_past, poll_records
 from consumers.retry import StoppedWhileRetrying, retry_transient
 from rating.core.errors import PermanentError, UnknownAccount
-from rating.core.events import UsageEvent, decode_usage_event
+from rating.core.events import CallUsage, TollFreeUsage, UsageEvent, decode_usage_event
 from rating.core.rate import rate
 from rating.core.tariff import TariffBook
 from rating.settings import Settings
@@ -44,6 +44,7 @@ from rating.stores.ledger import (
     debit_rows,
     lookup_accounts,
 )
+from rating.stores.settlement import Settlement, settles
 from rating.tariffbook.book import TariffStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class PreparedBatch:
     rated: list[RatedUsage]
     rejected: list[Rejected]
     repeated: int = 0  # the same (source, id) more than once in this batch
+    # Calls of accounts with open credit reservations: they settle against them.
+    settle: list[Settlement] = field(default_factory=list)
 
 
 def decode_all(records: Sequence[Record]) -> tuple[list[tuple[Record, UsageEvent]],
@@ -102,6 +105,10 @@ def rate_into(batch: PreparedBatch, seen: set[tuple[str, str]],
         except PermanentError as exc:
             batch.rejected.append(Rejected(record, exc.code, exc.message))
             continue
+        if account.reserving and isinstance(event, CallUsage | TollFreeUsage):
+            if settles(event.call_id):
+                batch.settle.append(Settlement(event.source, event.event_id, event.account_id,
+                                               event.call_id, charge.amount, event.final))
         on_invoice = event.service == "stt" and account.stt_billing == "invoice"
         batch.rated.append(RatedUsage(charge, event.time or received, on_invoice))
 
@@ -227,7 +234,7 @@ class UsageConsumer:
             rate_into(prepared, seen, decoded[start:start + _SLICE], accounts, book, received)
             rows += debit_rows(prepared.rated[rated_before:])
             await asyncio.sleep(0)
-        return prepared, DebitBatch.of(prepared.rated, rows), rejected
+        return prepared, DebitBatch.of(prepared.rated, rows, prepared.settle), rejected
 
     async def _write(self, debit: DebitBatch) -> BatchResult:
         """The batch's debit transaction, retried until it commits (or we stop)."""
