@@ -59,6 +59,21 @@ def _presets(name: str, raw: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
         return tuple(sorted(parse_presets(raw).items()))
     except ValueError as exc:
         raise SettingsError(f"{name}: {exc}") from None
+# A grant or grace of more than a day is a typo, not a policy.
+MAX_RESERVATION_SECONDS = 86_400
+
+
+def _reservation_seconds(name: str, raw: str) -> int:
+    value = _positive_int(name, raw)
+    if value > MAX_RESERVATION_SECONDS:
+        raise SettingsError(f"{name}: at most {MAX_RESERVATION_SECONDS} seconds, got {raw!r}")
+    return value
+
+
+def _grace_seconds(name: str, raw: str) -> int:
+    if raw == "0":
+        return 0
+    return _reservation_seconds(name, raw)
 
 
 def parse_bootstrap(name: str, raw: str) -> tuple[str, ...] | None:
@@ -147,6 +162,10 @@ class Settings:
     # The billing page's one-time amounts per currency (currency -> micro-units);
     # a currency not listed gets 10, 25, 50 and 100.
     topup_presets: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # Credit reservations (contract §10): the most seconds one grant adds, and how long
+    # past what it granted a reservation stays open without an extension or usage.
+    reservation_seconds: int = 300
+    reservation_grace_seconds: int = 60
 
     def __post_init__(self) -> None:
         for name in ("usage_topic", "dlq_topic", "balance_topic", "consumer_group",
@@ -160,6 +179,11 @@ class Settings:
             raise SettingsError(f"recharge_retry_seconds: 1 or more waits of 0..{_MAX_WAIT_S} s")
         if not 0 < self.recharge_sweep_seconds <= _MAX_WAIT_S:
             raise SettingsError(f"recharge_sweep_seconds: more than 0, at most {_MAX_WAIT_S}")
+        if not 1 <= self.reservation_seconds <= MAX_RESERVATION_SECONDS:
+            raise SettingsError(f"reservation_seconds: must be 1..{MAX_RESERVATION_SECONDS}")
+        if not 0 <= self.reservation_grace_seconds <= MAX_RESERVATION_SECONDS:
+            raise SettingsError(
+                f"reservation_grace_seconds: must be 0..{MAX_RESERVATION_SECONDS}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -207,4 +231,9 @@ class Settings:
             recharge_sweep_seconds=parsed("RATING_RECHARGE_SWEEP_SECONDS", _seconds,
                                           defaults.recharge_sweep_seconds),
             topup_presets=parsed("RATING_TOPUP_PRESETS", _presets, defaults.topup_presets),
+            reservation_seconds=parsed("RATING_RESERVATION_SECONDS", _reservation_seconds,
+                                       defaults.reservation_seconds),
+            reservation_grace_seconds=parsed(
+                "RATING_RESERVATION_GRACE_SECONDS", _grace_seconds,
+                defaults.reservation_grace_seconds),
         )
