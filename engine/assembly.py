@@ -23,9 +23,11 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import start_http_server
 
 from api.accounts import HttpApi
+from api.reservations import ReservationApi
 from consumers.dlq_reader import find_in_dlq
 from consumers.outbox_relay import OutboxRelay
 from consumers.recharge_worker import RechargeWorker
+from consumers.reservation_sweeper import ReservationSweeper
 from consumers.tariff_watcher import TariffWatcher
 from consumers.usage_consumer import UsageConsumer
 from engine.services import (
@@ -41,6 +43,7 @@ from rating.settings import Settings
 from rating.stores.accounts import AccountStore
 from rating.stores.db import create_pool
 from rating.stores.recharges import RechargePolicy
+from rating.stores.reservations import ReservationStore
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
 
@@ -180,16 +183,26 @@ async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack,
     topups = TopupService(engine.pool, provider, policy)
     dlq_search = functools.partial(find_in_dlq, engine.endpoints.kafka_bootstrap,
                                    engine.settings.dlq_topic)
+    reservations = reservation_store(engine.pool, engine.settings)
     api = HttpApi(store=store, tariffs=engine.tariffs, topups=topups, settings=engine.settings,
-                  readiness=engine.readiness, dlq_search=dlq_search)
+                  readiness=engine.readiness, dlq_search=dlq_search,
+                  reservations=ReservationApi(reservations, engine.tariffs))
     await api.start()
     stack.push_async_callback(api.close)
+    sweeper = ReservationSweeper(reservations)
     worker = RechargeWorker(engine.settings, engine.endpoints.kafka_bootstrap, engine.pool,
                             provider, policy=policy)
     await worker.start()
     stack.push_async_callback(worker.close)
     task = asyncio.create_task(worker.run(), name="recharge-worker")
-    return Extras(tasks=[task], stoppers=[worker.request_stop], http_port=api.port or 0)
+    sweeping = asyncio.create_task(sweeper.run(), name="reservation-sweeper")
+    return Extras(tasks=[task, sweeping], stoppers=[worker.request_stop, sweeper.request_stop],
+                  http_port=api.port or 0)
+
+
+def reservation_store(pool: asyncpg.Pool, settings: Settings) -> ReservationStore:
+    return ReservationStore(pool, cap_seconds=settings.reservation_seconds,
+                            grace_seconds=settings.reservation_grace_seconds)
 
 
 def _announce(engine: Engine, http_port: int) -> None:
