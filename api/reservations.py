@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from api.access import SWITCH, requires
+from api.audit_trail import own_record
 from api.http_json import field, json_body, json_response
 from rating.core.errors import (
     ApiError,
@@ -140,10 +141,11 @@ class ReservationApi:
 
     def add_routes(self, router: web.UrlDispatcher, account_path: str) -> None:
         base = f"{account_path}/reservations"
-        router.add_post(base, self.reserve)
-        router.add_get(f"{base}/{{reservation_id}}", self.show, allow_head=False)
-        router.add_post(f"{base}/{{reservation_id}}/extend", self.extend)
-        router.add_delete(f"{base}/{{reservation_id}}", self.release)
+        one = f"{base}/{{reservation_id}}"
+        router.add_post(base, self.reserve, name="reservation.reserve")
+        router.add_get(one, self.show, allow_head=False, name="reservation.read")
+        router.add_post(f"{one}/extend", self.extend, name="reservation.extend")
+        router.add_delete(one, self.release, name="reservation.release")
 
     def _rate_for(self, leg: CallLeg) -> RateFor:
         book = self._tariffs.book
@@ -158,6 +160,7 @@ class ReservationApi:
 
         return rate_for
 
+    @own_record
     @requires(SWITCH)
     async def reserve(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -175,6 +178,7 @@ class ReservationApi:
             RESERVATION_GRANTS.labels("reserve").inc()
         return json_response(_outcome_json(outcome), 201 if outcome.changed else 200)
 
+    @own_record
     @requires(SWITCH)
     async def extend(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -189,6 +193,7 @@ class ReservationApi:
         RESERVATION_GRANTS.labels("extend").inc()
         return json_response(_outcome_json(outcome))
 
+    @own_record
     @requires(SWITCH)
     async def release(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
