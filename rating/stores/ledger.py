@@ -144,12 +144,13 @@ ALERTED_SQL = """), alerted AS (
 
 _SUMS = """
     RETURNING account_id, amount, accrued, service, currency, kind{returning}
-), sums AS (
-    SELECT account_id, sum(amount)::bigint AS total FROM inserted GROUP BY account_id
-){settle}, updated AS (
+){settle}, sums AS (
+    SELECT account_id, sum(amount)::bigint AS total{held_sums} FROM {changes}
+    GROUP BY account_id
+), updated AS (
     UPDATE accounts a
     SET balance = a.balance + s.total, version = a.version + 1, updated_at = now(){held_set}
-    FROM sums s{held_from}, lock_count
+    FROM sums s, lock_count
     WHERE a.id = s.account_id AND {changed} AND lock_count.n >= 0{by_key}
     RETURNING a.id, a.balance - s.total AS before, a.balance AS after,
               a.low_balance_threshold AS threshold, a.currency, a.version,
@@ -195,12 +196,13 @@ _EVENT_KEY = "ledger_event_source_event_id_key"
 def _statement(*, redelivered: bool, by_key: bool, settle: bool) -> str:
     """The debit statement; ``settle`` adds the reservation settlement (settlement.py)."""
     parts = {"by_key": _BY_KEY if by_key else "", "returning": "", "settle": "",
-             "held_set": "", "held_from": "", "changed": "s.total <> 0"}
+             "held_sums": "", "changes": "inserted", "held_set": "",
+             "changed": "s.total <> 0"}
     if settle:
         parts.update(returning=settlement.RETURNING_KEY if redelivered else "",
                      settle=settlement.ctes(only_inserted=redelivered),
-                     held_set=settlement.HELD_SET, held_from=settlement.HELD_FROM,
-                     changed=settlement.CHANGED)
+                     held_sums=settlement.HELD_SUMS, changes=settlement.CHANGES,
+                     held_set=settlement.HELD_SET, changed=settlement.CHANGED)
     return _INPUT + (_ON_CONFLICT if redelivered else "") + _SUMS.format(**parts)
 
 

@@ -47,7 +47,7 @@ CREATE TABLE reservations (
     closed_at        timestamptz,
     UNIQUE (event_source, call_id),
     CHECK ((status = 'open') = (closed_at IS NULL))
-);
+) WITH (fillfactor = 80);  -- room on each page for the settling updates (HOT)
 -- The sweeper's scan: open reservations by expiry.
 CREATE INDEX reservations_open_expiry ON reservations (expires_at) WHERE status = 'open';
 
