@@ -1,9 +1,11 @@
 """Credit reservations in PostgreSQL: reserve, extend, release and expire (contract §10).
 
 Each operation is one call of a server-side function (``0007_reservations.sql``): one
-round trip, its own transaction, the account row locked first and then the
-reservation row, the order the usage batch debit takes them in. The grant arithmetic
-is ``rating.core.reservations.grant_total``, run by the database under that lock.
+round trip, its own transaction (committed without waiting for the WAL flush: see
+that file; so never call them inside a transaction that moves money), the account row
+locked first and then the reservation row, the order the usage batch debit takes them
+in. The grant arithmetic is ``rating.core.reservations.grant_total``, run by the
+database under that lock.
 """
 
 from __future__ import annotations
@@ -105,16 +107,17 @@ class ReservationStore:
         Raises ``InsufficientCredit`` when the available credit does not cover the first
         increment, ``IdempotencyConflict`` when the call was reserved for something else.
         """
-        plan_id = await self._pool.fetchval("SELECT plan_id FROM accounts WHERE id = $1",
-                                            account_id)
-        if plan_id is None:
-            raise UnknownAccount(f"unknown account {account_id!r}")
-        rate = rate_for(plan_id)
-        row = await self._pool.fetchrow(
-            "SELECT * FROM reservation_open($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            account_id, leg.source, leg.call_id, leg.service, leg.number, leg.direction,
-            rate.rate_per_minute, rate.connect_fee, rate.increment.first, rate.increment.step,
-            self._cap, self._grace)
+        async with self._pool.acquire() as conn:  # one connection for both round trips
+            plan_id = await conn.fetchval("SELECT plan_id FROM accounts WHERE id = $1",
+                                          account_id)
+            if plan_id is None:
+                raise UnknownAccount(f"unknown account {account_id!r}")
+            rate = rate_for(plan_id)
+            row = await conn.fetchrow(
+                "SELECT * FROM reservation_open($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+                " $12)", account_id, leg.source, leg.call_id, leg.service, leg.number,
+                leg.direction, rate.rate_per_minute, rate.connect_fee, rate.increment.first,
+                rate.increment.step, self._cap, self._grace)
         outcome, available, record = _unpack(row, account_id)
         if outcome == "refused":
             raise InsufficientCredit(
