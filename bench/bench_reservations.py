@@ -91,7 +91,8 @@ def say(message: str) -> None:
 
 async def measure_settling(pool: asyncpg.Pool, accounts: list[str], tariffs: TariffStore,
                            events: int) -> tuple[float, float]:
-    """events/s of apply_usage without reservations, then with every account reserving."""
+    """events/s of apply_usage without settling, and with every account reserving and
+    every event a call that may settle (batches of the engine's size, alternating)."""
     book = tariffs.book
     number = destinations_for(tariffs).call[0]
     call_rate = book.plan(PLAN).call
@@ -99,7 +100,7 @@ async def measure_settling(pool: asyncpg.Pool, accounts: list[str], tariffs: Tar
 
     def batch(source: str, with_calls: bool) -> list[RatedUsage]:
         out = []
-        for n in range(events):
+        for n in range(DEBIT_BATCH):
             account = accounts[n % len(accounts)]
             call_id = f"c-{account}" if n % 2 == 0 else f"other-{n}"
             raw = orjson.dumps({
@@ -113,23 +114,24 @@ async def measure_settling(pool: asyncpg.Pool, accounts: list[str], tariffs: Tar
                                   call_id if with_calls else None))
         return out
 
-    async def run(rows: list[RatedUsage]) -> float:
-        async with pool.acquire() as conn:
-            started = time.perf_counter()
-            for i in range(0, len(rows), DEBIT_BATCH):
-                await apply_usage(conn, rows[i:i + DEBIT_BATCH])
-            return len(rows) / (time.perf_counter() - started)
-
-    plain = await run(batch("bench-plain", False))
     store = ReservationStore(pool, cap_seconds=300, grace_seconds=3600)
     rate_of = call_rate.lookup(number)[1]
     for account in accounts:  # a reservation on every account, for the reserved calls
         await store.reserve(account, CallLeg("bench-settle", f"c-{account}", "call", number),
                             lambda _plan: rate_of)
-    settling = await run(batch("bench-settle", True))
+    # Alternating batches of each kind, so that both see the same machine.
+    spent = {False: 0.0, True: 0.0}
+    async with pool.acquire() as conn:
+        for round_ in range(max(1, events // DEBIT_BATCH)):
+            for settling in (False, True):
+                rows = batch(f"bench-{round_}-{settling}", settling)
+                started = time.perf_counter()
+                await apply_usage(conn, rows)
+                spent[settling] += time.perf_counter() - started
     await pool.execute("SELECT reservation_release(account_id, reservation_id)"
                        " FROM reservations WHERE status = 'open'")
-    return plain, settling
+    rounds = max(1, events // DEBIT_BATCH)
+    return rounds * DEBIT_BATCH / spent[False], rounds * DEBIT_BATCH / spent[True]
 
 
 # ---------------------------------------------------------------- the engine
@@ -355,15 +357,33 @@ async def pipeline_figures(pool: asyncpg.Pool, source: str, sent: int) -> dict[s
             "p50": row["p50"].total_seconds(), "p99": row["p99"].total_seconds()}
 
 
-async def usage_only(bootstrap: str, accounts: list[str], tariffs: TariffStore,
-                     args: argparse.Namespace, source: str, seed: int) -> int:
-    stop = threading.Event()
-    try:
-        return await asyncio.to_thread(
-            publish_paced, bootstrap, args.topic, usage_events(accounts, tariffs, source, seed),
-            args.usage_rate, args.seconds, stop)
-    finally:
-        stop.set()
+async def usage_only(bootstrap: str, accounts: list[str], args: argparse.Namespace,
+                     source: str, seed: int, seconds: float | None = None) -> int:
+    """Publish usage at ``args.usage_rate`` from a process of its own (generating the
+    events is Python work: in this process it would hold up the request client)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).resolve()), "--usage-child", orjson.dumps({
+            "bootstrap": bootstrap, "topic": args.topic, "accounts": len(accounts),
+            "source": source, "seed": seed, "rate": args.usage_rate,
+            "seconds": args.seconds if seconds is None else seconds}).decode(),
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"usage publisher exited with {proc.returncode}")
+    return int(out.decode().split()[-1])
+
+
+def _usage_child(config: dict[str, Any]) -> int:
+    accounts = account_ids(config["accounts"])
+    events = usage_events(accounts, TariffStore(TARIFFS), config["source"], config["seed"])
+    sent = publish_paced(config["bootstrap"], config["topic"], events, config["rate"],
+                         config["seconds"], threading.Event())
+    print(sent, flush=True)
+    return 0
+
+
+def account_ids(count: int) -> list[str]:
+    return [f"bench-{i:06d}" for i in range(1, count + 1)]
 
 
 # ---------------------------------------------------------------- the run
@@ -378,6 +398,34 @@ class Results:
     baseline: dict[str, float] = field(default_factory=dict)
     loaded: dict[str, float] = field(default_factory=dict)
     leftover: dict[str, Any] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # share of one core, by who and run
+
+
+@contextlib.contextmanager
+def cpu_share(into: dict[str, float], run: str, **pids: int | None) -> Iterator[None]:
+    """CPU seconds per wall second of each process tree while the block runs."""
+    import psutil
+
+    def cpu(pid: int | None) -> float:
+        if pid is None:
+            return 0.0
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            total = sum(root.cpu_times()[:2])
+            if pid == os.getpid():  # the client alone, not the services it started
+                return float(total)
+            for child in root.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += sum(child.cpu_times()[:2])
+            return float(total)
+        return 0.0
+
+    before = {name: cpu(pid) for name, pid in pids.items()}
+    started = time.monotonic()
+    yield
+    wall = time.monotonic() - started
+    for name, pid in pids.items():
+        into[f"{run} {name}"] = (cpu(pid) - before[name]) / wall
 
 
 @contextlib.asynccontextmanager
@@ -389,7 +437,7 @@ async def services(work: Path) -> AsyncIterator[tuple[EmbeddedPostgres, Embedded
 async def run(args: argparse.Namespace, work: Path) -> Results:
     results = Results()
     tariffs = TariffStore(TARIFFS)
-    accounts = [f"bench-{i:06d}" for i in range(1, args.accounts + 1)]
+    accounts = account_ids(args.accounts)
     number = destinations_for(tariffs).call[0]
     async with services(work) as (pg, kb):
         pool = await create_pool(pg.dsn, max_size=4)
@@ -413,21 +461,22 @@ async def run(args: argparse.Namespace, work: Path) -> Results:
             try:
                 client = await HttpClient.open(engine.port, args.connections)
                 # Warm up: the consumer group holds its partitions, the API its plans.
-                await usage_only(kb.bootstrap, accounts, tariffs,
-                                 argparse.Namespace(**{**vars(args), "seconds": 3.0}),
-                                 "bench-warmup", 1)
+                await usage_only(kb.bootstrap, accounts, args, "bench-warmup", 1, seconds=3.0)
                 await asyncio.sleep(2)
                 say(f"(r0) usage alone at {args.usage_rate:,.0f} events/s for "
                     f"{args.seconds:.0f} s")
-                sent = await usage_only(kb.bootstrap, accounts, tariffs, args,
-                                        SOURCE_USAGE_BASELINE, 2)
+                with cpu_share(results.cpu, "r0", engine=engine.proc.pid, pg=pg.pid):
+                    sent = await usage_only(kb.bootstrap, accounts, args,
+                                            SOURCE_USAGE_BASELINE, 2)
                 results.baseline = await pipeline_figures(pool, SOURCE_USAGE_BASELINE, sent)
                 say(f"(r2) {args.rate:,.0f} reservations/s with usage at "
                     f"{args.usage_rate:,.0f} events/s for {args.seconds:.0f} s")
-                usage = asyncio.create_task(usage_only(kb.bootstrap, accounts, tariffs, args,
+                usage = asyncio.create_task(usage_only(kb.bootstrap, accounts, args,
                                                        SOURCE_USAGE, 3))
-                results.timings = await drive_reservations(client, accounts, number, args,
-                                                           kb.bootstrap)
+                with cpu_share(results.cpu, "r2", engine=engine.proc.pid, pg=pg.pid,
+                               client=os.getpid()):
+                    results.timings = await drive_reservations(client, accounts, number, args,
+                                                               kb.bootstrap)
                 sent = await usage
                 results.loaded = await pipeline_figures(pool, SOURCE_USAGE, sent)
                 await asyncio.sleep(1)
@@ -478,6 +527,7 @@ def report(args: argparse.Namespace, r: Results) -> None:
         ("(r2) usage beside reservations: the same",
          f"{r.loaded['per_s']:>9,.0f} /s {r.loaded['p50'] * 1000:>7.1f} ms "
          f"{r.loaded['p99'] * 1000:>7.1f} ms"),
+        ("CPU, cores: " + ", ".join(r.cpu), " ".join(f"{v:.2f}" for v in r.cpu.values())),
     ]
     width = max(len(label) for label, _ in rows) + 2
     print(f"\nreservations benchmark: {os.cpu_count()} CPUs, {r.server}")
@@ -510,6 +560,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--usage-child"]:
+        return _usage_child(orjson.loads(argv[1]))
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-reservations-"))
     started = time.monotonic()
