@@ -105,10 +105,10 @@ def rate_into(batch: PreparedBatch, seen: set[tuple[str, str]],
         except PermanentError as exc:
             batch.rejected.append(Rejected(record, exc.code, exc.message))
             continue
-        if account.reserving and isinstance(event, CallUsage | TollFreeUsage):
-            if settles(event.call_id):
-                batch.settle.append(Settlement(event.source, event.event_id, event.account_id,
-                                               event.call_id, charge.amount, event.final))
+        if (account.reserving and isinstance(event, CallUsage | TollFreeUsage)
+                and settles(event.call_id)):
+            batch.settle.append(Settlement(event.source, event.event_id, event.account_id,
+                                           event.call_id, charge.amount, event.final))
         on_invoice = event.service == "stt" and account.stt_billing == "invoice"
         batch.rated.append(RatedUsage(charge, event.time or received, on_invoice))
 

@@ -10,12 +10,13 @@ database under that lock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
+import orjson
 
 from rating.core.errors import (
     IdempotencyConflict,
@@ -61,7 +62,16 @@ class Reservation:
     closed_at: datetime | None
 
     @classmethod
-    def from_record(cls, r: asyncpg.Record) -> Reservation:
+    def from_json(cls, raw: str) -> Reservation:
+        """From a row as PostgreSQL's ``to_jsonb`` writes it."""
+        r: dict[str, Any] = orjson.loads(raw)
+        for name in ("expires_at", "created_at", "closed_at"):
+            if r[name] is not None:
+                r[name] = datetime.fromisoformat(r[name])
+        return cls.from_record(r)
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> Reservation:
         return cls(
             reservation_id=r["reservation_id"], account_id=r["account_id"],
             leg=CallLeg(r["event_source"], r["call_id"], r["service"], r["number"],
@@ -118,13 +128,13 @@ class ReservationStore:
                 " $12)", account_id, leg.source, leg.call_id, leg.service, leg.number,
                 leg.direction, rate.rate_per_minute, rate.connect_fee, rate.increment.first,
                 rate.increment.step, self._cap, self._grace)
-        outcome, available, record = _unpack(row, account_id)
+        outcome, available, raw = _unpack(row, account_id)
         if outcome == "refused":
             raise InsufficientCredit(
                 f"available credit {available} micro-units does not cover the first"
                 f" increment of this {leg.service}")
-        assert record is not None
-        reservation = Reservation.from_record(record)
+        assert raw is not None
+        reservation = Reservation.from_json(raw)
         if reservation.account_id != account_id or reservation.leg != leg:
             raise IdempotencyConflict(
                 f"call {leg.call_id!r} of {leg.source!r} is already reserved differently"
@@ -136,9 +146,9 @@ class ReservationStore:
         """Grant up to the cap more seconds; ``InsufficientCredit`` when not one more."""
         row = await self._pool.fetchrow("SELECT * FROM reservation_extend($1, $2, $3)",
                                         account_id, reservation_id, self._cap)
-        outcome, available, record = _unpack(row, account_id, reservation_id)
-        assert record is not None
-        reservation = Reservation.from_record(record)
+        outcome, available, raw = _unpack(row, account_id, reservation_id)
+        assert raw is not None
+        reservation = Reservation.from_json(raw)
         if outcome == "closed":
             raise ReservationClosed(
                 f"reservation {reservation_id!r} is {reservation.status}: reserve again")
@@ -152,9 +162,9 @@ class ReservationStore:
         """Close it and free its hold; releasing a closed one changes nothing."""
         row = await self._pool.fetchrow("SELECT * FROM reservation_release($1, $2)",
                                         account_id, reservation_id)
-        outcome, available, record = _unpack(row, account_id, reservation_id)
-        assert record is not None
-        return Outcome(Reservation.from_record(record), outcome == "released", available)
+        outcome, available, raw = _unpack(row, account_id, reservation_id)
+        assert raw is not None
+        return Outcome(Reservation.from_json(raw), outcome == "released", available)
 
     async def get(self, account_id: str, reservation_id: str) -> Reservation:
         row = await self._pool.fetchrow(
@@ -162,7 +172,7 @@ class ReservationStore:
             reservation_id, account_id)
         if row is None:
             raise UnknownReservation(f"no reservation {reservation_id!r} on this account")
-        return Reservation.from_record(row)
+        return Reservation.from_record(dict(row))
 
     async def expire(self, *, as_of: datetime | None = None, accounts: int = 500,
                      only: str | None = None) -> list[Expired]:
@@ -191,7 +201,7 @@ class ReservationStore:
 
 
 def _unpack(row: asyncpg.Record | None, account_id: str, reservation_id: str | None = None,
-            ) -> tuple[str, int, asyncpg.Record | None]:
+            ) -> tuple[str, int, str | None]:
     if row is None:  # pragma: no cover  (every function returns one row)
         raise RuntimeError("reservation function returned no row")
     outcome: str = row["outcome"]

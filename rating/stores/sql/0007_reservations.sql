@@ -107,13 +107,16 @@ BEGIN
     RETURN greatest(granted, least(granted + cap, covered))::bigint;
 END $$;
 
+-- The functions below answer (outcome, the account's available credit, the reservation
+-- as jsonb: a row type would tie their callers to this table's columns).
+--
 -- Reserve: lock the account, return the call's reservation if it has one, else grant
 -- and hold. outcome: created | existing | refused | unknown_account.
 CREATE FUNCTION reservation_open(p_account text, p_source text, p_call text, p_service text,
                                  p_number text, p_direction text, p_per_minute bigint,
                                  p_connect_fee bigint, p_first integer, p_step integer,
                                  p_cap bigint, p_grace integer)
-RETURNS TABLE (outcome text, available bigint, r reservations)
+RETURNS TABLE (outcome text, available bigint, r jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     acct record;
@@ -123,18 +126,18 @@ BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);  -- see the header
     SELECT balance, held, currency INTO acct FROM accounts WHERE id = p_account FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN QUERY SELECT 'unknown_account', NULL::bigint, NULL::reservations;
+        RETURN QUERY SELECT 'unknown_account', NULL::bigint, NULL::jsonb;
         RETURN;
     END IF;
     SELECT * INTO res FROM reservations WHERE event_source = p_source AND call_id = p_call;
     IF FOUND THEN
-        RETURN QUERY SELECT 'existing', acct.balance - acct.held, res;
+        RETURN QUERY SELECT 'existing', acct.balance - acct.held, to_jsonb(res);
         RETURN;
     END IF;
     total := reservation_grant(acct.balance - acct.held, 0, 0, p_cap, p_per_minute,
                                p_connect_fee, p_first, p_step);
     IF total = 0 THEN
-        RETURN QUERY SELECT 'refused', acct.balance - acct.held, NULL::reservations;
+        RETURN QUERY SELECT 'refused', acct.balance - acct.held, NULL::jsonb;
         RETURN;
     END IF;
     INSERT INTO reservations (account_id, event_source, call_id, service, number, direction,
@@ -149,18 +152,18 @@ BEGIN
     RETURNING * INTO res;
     IF NOT FOUND THEN  -- the same call reserved at this moment on another account
         SELECT * INTO res FROM reservations WHERE event_source = p_source AND call_id = p_call;
-        RETURN QUERY SELECT 'existing', acct.balance - acct.held, res;
+        RETURN QUERY SELECT 'existing', acct.balance - acct.held, to_jsonb(res);
         RETURN;
     END IF;
     UPDATE accounts SET held = held + res.held, open_reservations = open_reservations + 1
     WHERE id = p_account;
-    RETURN QUERY SELECT 'created', acct.balance - acct.held - res.held, res;
+    RETURN QUERY SELECT 'created', acct.balance - acct.held - res.held, to_jsonb(res);
 END $$;
 
 -- Extend: grant up to p_cap seconds more. outcome: extended | refused | closed |
 -- unknown_reservation | unknown_account.
 CREATE FUNCTION reservation_extend(p_account text, p_reservation text, p_cap bigint)
-RETURNS TABLE (outcome text, available bigint, r reservations)
+RETURNS TABLE (outcome text, available bigint, r jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     acct record;
@@ -171,24 +174,24 @@ BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);  -- see the header
     SELECT balance, held INTO acct FROM accounts WHERE id = p_account FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN QUERY SELECT 'unknown_account', NULL::bigint, NULL::reservations;
+        RETURN QUERY SELECT 'unknown_account', NULL::bigint, NULL::jsonb;
         RETURN;
     END IF;
     SELECT * INTO res FROM reservations
     WHERE reservation_id = p_reservation AND account_id = p_account FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN QUERY SELECT 'unknown_reservation', acct.balance - acct.held, NULL::reservations;
+        RETURN QUERY SELECT 'unknown_reservation', acct.balance - acct.held, NULL::jsonb;
         RETURN;
     END IF;
     IF res.status <> 'open' THEN
-        RETURN QUERY SELECT 'closed', acct.balance - acct.held, res;
+        RETURN QUERY SELECT 'closed', acct.balance - acct.held, to_jsonb(res);
         RETURN;
     END IF;
     total := reservation_grant(acct.balance - acct.held, res.granted_seconds, res.used, p_cap,
                                res.rate_per_minute, res.connect_fee, res.increment_first,
                                res.increment_step);
     IF total <= res.granted_seconds THEN
-        RETURN QUERY SELECT 'refused', acct.balance - acct.held, res;
+        RETURN QUERY SELECT 'refused', acct.balance - acct.held, to_jsonb(res);
         RETURN;
     END IF;
     UPDATE reservations
@@ -203,13 +206,13 @@ BEGIN
     WHERE reservation_id = p_reservation
     RETURNING * INTO grown;
     UPDATE accounts SET held = held + (grown.held - res.held) WHERE id = p_account;
-    RETURN QUERY SELECT 'extended', acct.balance - acct.held - (grown.held - res.held), grown;
+    RETURN QUERY SELECT 'extended', acct.balance - acct.held - (grown.held - res.held), to_jsonb(grown);
 END $$;
 
 -- Release: close it and free its hold. outcome: released | closed (already) |
 -- unknown_reservation | unknown_account.
 CREATE FUNCTION reservation_release(p_account text, p_reservation text)
-RETURNS TABLE (outcome text, available bigint, r reservations)
+RETURNS TABLE (outcome text, available bigint, r jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     acct record;
@@ -219,17 +222,17 @@ BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);  -- see the header
     SELECT balance, held INTO acct FROM accounts WHERE id = p_account FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN QUERY SELECT 'unknown_account', NULL::bigint, NULL::reservations;
+        RETURN QUERY SELECT 'unknown_account', NULL::bigint, NULL::jsonb;
         RETURN;
     END IF;
     SELECT * INTO res FROM reservations
     WHERE reservation_id = p_reservation AND account_id = p_account FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN QUERY SELECT 'unknown_reservation', acct.balance - acct.held, NULL::reservations;
+        RETURN QUERY SELECT 'unknown_reservation', acct.balance - acct.held, NULL::jsonb;
         RETURN;
     END IF;
     IF res.status <> 'open' THEN
-        RETURN QUERY SELECT 'closed', acct.balance - acct.held, res;
+        RETURN QUERY SELECT 'closed', acct.balance - acct.held, to_jsonb(res);
         RETURN;
     END IF;
     UPDATE reservations SET status = 'released', closed_at = now(), updated_at = now()
@@ -237,7 +240,7 @@ BEGIN
     RETURNING * INTO closed;
     UPDATE accounts SET held = held - res.held, open_reservations = open_reservations - 1
     WHERE id = p_account;
-    RETURN QUERY SELECT 'released', acct.balance - acct.held + res.held, closed;
+    RETURN QUERY SELECT 'released', acct.balance - acct.held + res.held, to_jsonb(closed);
 END $$;
 
 -- Expire: close the open reservations whose expires_at is at or before p_as_of, of up
