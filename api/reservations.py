@@ -25,6 +25,7 @@ from rating.core.errors import (
     UnknownAccount,
     UnknownReservation,
 )
+from rating.core.events import MAX_KEY_LENGTH
 from rating.core.money import format_amount
 from rating.core.pricing import TimedRate
 from rating.core.rate import call_rate_for
@@ -58,7 +59,6 @@ for _operation in ("reserve", "extend"):
 # Same rules as a usage event's number and keys (rating.core.events), so that whatever
 # is reserved can also be billed and matched.
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}", re.ASCII)
-MAX_KEY_LENGTH = 256
 _RESERVATION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
                              re.ASCII)
 

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import orjson
 
-# An event's call id, kept only when it could name a reservation: the API accepts no
-# longer one, and a U+0000 would fail the whole statement (PostgreSQL text cannot
-# hold it).
-MAX_CALL_ID_LENGTH = 256
+from rating.core.events import MAX_KEY_LENGTH
+
+# An event's call id is kept only when it could name a reservation: the API accepts no
+# longer one, and a U+0000 would fail the whole statement (PostgreSQL text cannot hold
+# it).
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ class Settlement:
 
 
 def settles(call_id: str) -> bool:
-    return len(call_id) <= MAX_CALL_ID_LENGTH and "\x00" not in call_id
+    return len(call_id) <= MAX_KEY_LENGTH and "\x00" not in call_id
 
 
 def settlement_json(rows: Sequence[Settlement]) -> str | None:
