@@ -59,6 +59,8 @@ def _presets(name: str, raw: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
         return tuple(sorted(parse_presets(raw).items()))
     except ValueError as exc:
         raise SettingsError(f"{name}: {exc}") from None
+
+
 # A grant or grace of more than a day is a typo, not a policy.
 MAX_RESERVATION_SECONDS = 86_400
 
