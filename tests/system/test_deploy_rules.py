@@ -42,7 +42,7 @@ def exported_names() -> set[str]:
     """Every sample name the engine's metrics can expose (labelled or not yet used)."""
     import prometheus_client
 
-    import api.http_metrics  # noqa: F401  (registers its metrics on import)
+    import api.http_metrics
     import api.reservations  # noqa: F401  (registers its metrics on import)
     import consumers.metrics
     import consumers.recharge_worker
