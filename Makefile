@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench bench-rating clean
+.PHONY: install run test lint bench bench-reservations bench-rating clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_pipeline.py
+	$(MAKE) bench-reservations
+
+bench-reservations: $(STAMP)
+	$(BIN)/python bench/bench_reservations.py
 
 bench-rating: $(STAMP)
 	$(BIN)/python bench/bench_rating.py

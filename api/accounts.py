@@ -31,6 +31,7 @@ from api.http_json import (
 from api.http_metrics import request_metrics
 from api.operator import OperatorRoutes
 from api.recharge_fields import recharge_limits
+from api.reservations import ReservationApi
 from rating.core.errors import ApiError
 from rating.core.money import format_amount
 from rating.core.quote import authorize
@@ -72,9 +73,11 @@ class HttpApi:
 
     def __init__(self, *, store: AccountStore, tariffs: TariffStore, topups: TopupService,
                  settings: Settings, readiness: Readiness,
-                 dlq_search: DlqSearch | None = None) -> None:
+                 dlq_search: DlqSearch | None = None,
+                 reservations: ReservationApi | None = None) -> None:
         self._store = store
         self._dlq_search = dlq_search
+        self._reservations = reservations
         self._tariffs = tariffs
         self._topups = topups
         self._settings = settings
@@ -113,6 +116,8 @@ class HttpApi:
         billing.add_to(app)
         BillingPage(billing, self._settings).add_to(app)
         ExplainRoutes(self._store.pool, self._dlq_search).add_to(app)
+        if self._reservations is not None:
+            self._reservations.add_routes(app.router, account)
         return app
 
     async def start(self) -> None:

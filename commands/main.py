@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     dev = verbs.add_parser("dev", help="engine + embedded services + simulated switch traffic")
     dev.add_argument("--rate", default="200/s", help="simulated events per second (N/s)")
     dev.add_argument("--accounts", type=int, default=50, help="demo accounts")
+    dev.add_argument("--no-reservations", dest="reservations", action="store_false",
+                     help="simulated calls without credit reservations (default: with)")
     verbs.add_parser("run", help="engine against the configured services")
     verbs.add_parser("migrate", help="apply database migrations")
 
@@ -39,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--rate", default="200/s", help="events per second (N/s)")
     sim.add_argument("--accounts", type=int, default=50, help="accounts acct-0001..N")
     sim.add_argument("--duration", type=float, default=None, help="seconds, default forever")
+    sim.add_argument("--reservations", action="store_true",
+                     help="place calls through credit reservations (needs RATING_SWITCH_TOKEN)")
+    sim.add_argument("--api", default=None,
+                     help="account API URL for --reservations (default http://127.0.0.1:"
+                          "RATING_HTTP_PORT)")
 
     tariffs = verbs.add_parser("tariffs", help="tariff files").add_subparsers(
         dest="tariffs_verb", required=True, metavar="COMMAND")
@@ -116,7 +123,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, An
 
         return dev_command(settings, args)
     if args.verb == "simulate":
-        from demo.simulator import simulate_command
+        from demo.call_control import simulate_command
 
         return simulate_command(settings, args)
     if args.verb in ("events", "dlq", "publish"):

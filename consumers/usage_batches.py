@@ -17,11 +17,12 @@ from consumers import metrics
 from consumers.dead_letters import Rejected
 from consumers.kafka_batches import Record
 from rating.core.errors import CurrencyMismatch, PermanentError, UnknownAccount
-from rating.core.events import UsageEvent, decode_usage_event
+from rating.core.events import CallUsage, TollFreeUsage, UsageEvent, decode_usage_event
 from rating.core.rate import rate
 from rating.core.tariff import TariffBook
 from rating.settings import Settings
 from rating.stores.ledger import AccountInfo, RatedUsage
+from rating.stores.settlement import Settlement, settles
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ class PreparedBatch:
     rejected: list[Rejected]
     repeated: int = 0  # the same (source, id) more than once in this batch
     rated_records: list[Record] = field(default_factory=list)  # the record of each rated
+    # Calls of accounts with open credit reservations: they settle against them.
+    settle: list[Settlement] = field(default_factory=list)
 
 
 def _crashed(record: Record, stage: str, exc: Exception) -> Rejected:
@@ -115,7 +118,16 @@ def rate_into(batch: PreparedBatch, seen: set[tuple[str, str]],
             batch.rejected.append(_crashed(record, "rating", exc))
             continue
         on_invoice = event.service == "stt" and account.stt_billing == "invoice"
-        batch.rated.append(RatedUsage(charge, when, on_invoice))
+        if (account.reserving and isinstance(event, CallUsage | TollFreeUsage)
+                and settles(event.call_id)):
+            batch.settle.append(Settlement(event.source, event.event_id, event.account_id,
+                                           event.call_id, charge.amount, event.final))
+            # Carried on the row too, so that a batch split to isolate a poison event
+            # (consumers/debit_isolation.py) still settles each half's calls.
+            batch.rated.append(RatedUsage(charge, when, on_invoice, event.call_id,
+                                          event.final))
+        else:
+            batch.rated.append(RatedUsage(charge, when, on_invoice))
         batch.rated_records.append(record)
 
 

@@ -230,7 +230,7 @@ class UsageConsumer:
             rate_into(prepared, seen, decoded[start:start + _SLICE], accounts, book, received)
             rows += debit_rows(prepared.rated[rated_before:])
             await asyncio.sleep(0)
-        return prepared, DebitBatch.of(prepared.rated, rows), rejected
+        return prepared, DebitBatch.of(prepared.rated, rows, prepared.settle), rejected
 
     async def _apply(self, debit: DebitBatch) -> BatchResult:
         """One debit statement, retried while the database is out (or until we stop)."""

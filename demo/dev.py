@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import secrets
 import sys
+from dataclasses import replace
+
+import aiohttp
 
 from api.operator import portal_url
+from demo.call_control import CallControlStats, ReservingSwitch, publish_controlled
 from demo.simulator import (
     TrafficGenerator,
     demo_accounts,
@@ -65,20 +70,36 @@ async def start_dev(engine: Engine, options: argparse.Namespace,
     stop = asyncio.Event()
     stack.callback(stop.set)
 
-    async def simulate() -> None:
-        await publish(engine.producer, engine.settings.usage_topic, traffic,
-                      parse_rate(options.rate), stop)
+    calls: CallControlStats | None = None
+    token = engine.settings.switch_token
+    if options.reservations and token is not None:
+        http = aiohttp.ClientSession()
+        stack.push_async_callback(http.close)
+        calls = CallControlStats()
+        switch = ReservingSwitch(http, f"http://127.0.0.1:{engine.http_port}", token, traffic,
+                                 calls)
 
+        async def simulate() -> None:
+            await publish_controlled(engine.producer, engine.settings.usage_topic, switch,
+                                     parse_rate(options.rate), stop)
+    else:
+        async def simulate() -> None:
+            await publish(engine.producer, engine.settings.usage_topic, traffic,
+                          parse_rate(options.rate), stop)
+
+    control = ("calls through credit reservations (switch token: RATING_SWITCH_TOKEN="
+               f"{token})" if calls is not None else "calls without reservations")
     print(f"dev: {len(accounts)} demo accounts (acct-0001..), simulated switch at "
-          f"{options.rate}", file=sys.stderr, flush=True)
+          f"{options.rate}, {control}", file=sys.stderr, flush=True)
     print(f"dev: billing page of {accounts[0]} (valid a day): "
           f"{await demo_billing_link(engine, accounts[0])}", file=sys.stderr, flush=True)
     return [asyncio.create_task(simulate(), name="simulator"),
             asyncio.create_task(follow_balance_events(
                 engine.endpoints.kafka_bootstrap, engine.settings.balance_topic, gate, stop),
                 name="switch-balance-events"),
-            asyncio.create_task(run_status_line(sys.stderr, lambda: len(gate.stopped)),
-                                name="status-line")]
+            asyncio.create_task(run_status_line(
+                sys.stderr, lambda: len(gate.stopped),
+                extra=None if calls is None else calls.line), name="status-line")]
 
 
 def dev_command(settings: Settings, options: argparse.Namespace) -> int:
@@ -87,6 +108,9 @@ def dev_command(settings: Settings, options: argparse.Namespace) -> int:
         parse_rate(options.rate)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    if options.reservations and settings.switch_token is None:
+        # The simulated switch needs a credential; one for this run only.
+        settings = replace(settings, switch_token=secrets.token_urlsafe(18))
 
     async def on_started(engine: Engine,
                          stack: contextlib.AsyncExitStack) -> list[asyncio.Task[None]]:

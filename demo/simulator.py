@@ -72,6 +72,20 @@ def destinations_for(tariffs: TariffStore) -> Destinations:
     return Destinations(_example_numbers(call), _example_numbers(sms), tuple(tf_numbers))
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A call (or toll-free leg) the switch places: its events are made as it goes."""
+
+    account: str
+    type_: str  # usage.call or usage.tollfree
+    base: dict[str, object]  # call_id and the number (and direction)
+    seconds: int  # how long it would last, if credit allows
+
+    @property
+    def call_id(self) -> str:
+        return str(self.base["call_id"])
+
+
 class TrafficGenerator:
     """An endless stream of ``(account_id, event bytes)`` in a realistic mix."""
 
@@ -118,7 +132,9 @@ class TrafficGenerator:
             "type": type_, "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             "subject": account, "data": data})
 
-    def _next_session(self) -> list[tuple[str, bytes]]:
+    def next_session(self) -> Call | list[tuple[str, bytes]]:
+        """The next session: a call or toll-free leg to place, or ready events (SMS, STT,
+        a bad one)."""
         rnd = self._random
         account = self._pick_account()
         if account is None:
@@ -143,16 +159,27 @@ class TrafficGenerator:
             base: dict[str, object] = {
                 "call_id": call_id, "tollfree_number": rnd.choice(self._dest.tollfree),
                 "direction": rnd.choice(("inbound", "inbound", "outbound"))}
-            type_ = "usage.tollfree"
-        else:
-            base = {"call_id": call_id, "destination": rnd.choice(self._dest.call)}
-            type_ = "usage.call"
-        events = []
-        for start in range(0, total, 60):
-            end = min(start + 60, total)
-            events.append(self._event(account, type_, {
-                **base, "from_s": start, "to_s": end, "final": end == total}))
-        return events
+            return Call(account, "usage.tollfree", base, total)
+        return Call(account, "usage.call",
+                    {"call_id": call_id, "destination": rnd.choice(self._dest.call)}, total)
+
+    def call_event(self, call: Call, from_s: int, to_s: int, final: bool) -> tuple[str, bytes]:
+        """One event of ``call``: elapsed seconds ``from_s..to_s``."""
+        return self._event(call.account, call.type_, {
+            **call.base, "from_s": from_s, "to_s": to_s, "final": final})
+
+    def _next_session(self) -> list[tuple[str, bytes]]:
+        session = self.next_session()
+        if not isinstance(session, Call):
+            return session
+        # One event a minute of elapsed time, the last one final.
+        return [self.call_event(session, start, min(start + 60, session.seconds),
+                                min(start + 60, session.seconds) == session.seconds)
+                for start in range(0, session.seconds, 60)]
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     def _bad_event(self, account: str) -> tuple[str, bytes]:
         choice = self._random.randrange(3)

@@ -62,18 +62,20 @@ class StatusLine:
         return True
 
 
-def describe(rate: float, paused: int | None) -> str:
+def describe(rate: float, paused: int | None, extra: str | None = None) -> str:
     text = (f"{rate:8.0f} events/s | applied {total('rating_events_applied_total'):,.0f}"
             f" | duplicates {total('rating_events_duplicate_total'):,.0f}"
             f" | DLQ {total('rating_events_dlq_total'):,.0f}"
             f" | balance.low {published('balance.low'):,.0f}"
             f" | exhausted {published('balance.exhausted'):,.0f}"
             f" | top-ups {published('topup.credited'):,.0f}")
-    return text if paused is None else f"{text} | paused {paused:,}"
+    text = text if paused is None else f"{text} | paused {paused:,}"
+    return text if extra is None else f"{text} | {extra}"
 
 
 async def run_status_line(stream: TextIO, paused: Callable[[], int] | None = None,
-                          interval_s: float = 2.0) -> None:
+                          interval_s: float = 2.0,
+                          extra: Callable[[], str] | None = None) -> None:
     """Every ``interval_s``: events billed per second since the last line, then totals."""
     line = StatusLine(stream)
     handlers = logging.getLogger().handlers
@@ -87,7 +89,8 @@ async def run_status_line(stream: TextIO, paused: Callable[[], int] | None = Non
             applied, now = total("rating_events_applied_total"), time.monotonic()
             rate = (applied - last_applied) / (now - last_time)
             last_applied, last_time = applied, now
-            line.show(describe(rate, None if paused is None else paused()))
+            line.show(describe(rate, None if paused is None else paused(),
+                               None if extra is None else extra()))
     finally:
         line.clear()
         for handler in handlers:

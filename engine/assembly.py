@@ -35,6 +35,7 @@ from prometheus_client import start_http_server
 from consumers.dlq_reader import find_in_dlq
 from consumers.outbox_relay import OutboxRelay
 from consumers.recharge_worker import RechargeWorker
+from consumers.reservation_sweeper import ReservationSweeper
 from consumers.tariff_watcher import TariffWatcher
 from consumers.usage_consumer import UsageConsumer
 from engine.quiet_logs import quiet_repeated_client_lines
@@ -53,6 +54,7 @@ from rating.stores.accounts import AccountStore
 from rating.stores.db import connection, create_pool
 from rating.stores.plans_in_use import plans_in_use
 from rating.stores.recharges import RechargePolicy
+from rating.stores.reservations import ReservationStore
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
 from rating.tariffbook.references import PlansInUse
@@ -239,6 +241,7 @@ async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack,
     # Imported here: the HTTP stack takes a while to import, and the usage consumer
     # joins its group meanwhile.
     from api.accounts import HttpApi
+    from api.reservations import ReservationApi
 
     if provider is None:
         provider = SimulatedProvider.from_spec(engine.settings.payment_simulation)
@@ -248,21 +251,32 @@ async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack,
     topups = TopupService(engine.pool, provider, policy)
     dlq_search = functools.partial(find_in_dlq, engine.endpoints.kafka_bootstrap,
                                    engine.settings.dlq_topic)
+    reservations = reservation_store(engine.pool, engine.settings)
     api = HttpApi(store=store, tariffs=engine.tariffs, topups=topups, settings=engine.settings,
-                  readiness=engine.readiness, dlq_search=dlq_search)
+                  readiness=engine.readiness, dlq_search=dlq_search,
+                  reservations=ReservationApi(reservations, engine.tariffs))
     try:
         await api.start()
     except OSError as exc:
         raise listen_error(engine.settings.http_host, engine.settings.http_port,
                            "RATING_HTTP_PORT", exc) from None
     stack.push_async_callback(api.close)
+    sweeper = ReservationSweeper(reservations)
     worker = RechargeWorker(engine.settings, engine.endpoints.kafka_bootstrap, engine.pool,
                             provider, policy=policy)
     stack.push_async_callback(worker.close)
     await worker.start()  # joins its own group while the usage consumer joins its own
     task = asyncio.create_task(keep_running("recharge-worker", worker.run, stop),
                                name="recharge-worker")
-    return Extras(tasks=[task], stoppers=[worker.request_stop], http_port=api.port or 0)
+    sweeping = asyncio.create_task(keep_running("reservation-sweeper", sweeper.run, stop),
+                                   name="reservation-sweeper")
+    return Extras(tasks=[task, sweeping], stoppers=[worker.request_stop, sweeper.request_stop],
+                  http_port=api.port or 0)
+
+
+def reservation_store(pool: asyncpg.Pool, settings: Settings) -> ReservationStore:
+    return ReservationStore(pool, cap_seconds=settings.reservation_seconds,
+                            grace_seconds=settings.reservation_grace_seconds)
 
 
 def _announce(engine: Engine, http_port: int) -> None:

@@ -76,6 +76,23 @@ def _presets(name: str, raw: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
         raise SettingsError(f"{name}: {exc}") from None
 
 
+# A grant or grace of more than a day is a typo, not a policy.
+MAX_RESERVATION_SECONDS = 86_400
+
+
+def _reservation_seconds(name: str, raw: str) -> int:
+    value = _positive_int(name, raw)
+    if value > MAX_RESERVATION_SECONDS:
+        raise SettingsError(f"{name}: at most {MAX_RESERVATION_SECONDS} seconds, got {raw!r}")
+    return value
+
+
+def _grace_seconds(name: str, raw: str) -> int:
+    if raw == "0":
+        return 0
+    return _reservation_seconds(name, raw)
+
+
 def parse_bootstrap(name: str, raw: str) -> tuple[str, ...] | None:
     """``host:port[,host:port…]`` -> a tuple of ``host:port``; anything else is refused."""
     servers = []
@@ -169,6 +186,10 @@ class Settings:
     topic_replication: int = 1
     # Sent outbox rows (balance events already on Kafka) are deleted after this long.
     outbox_retention_hours: int = 168
+    # Credit reservations (contract §10): the most seconds one grant adds, and how long
+    # past what it granted a reservation stays open without an extension or usage.
+    reservation_seconds: int = 300
+    reservation_grace_seconds: int = 60
 
     def __post_init__(self) -> None:
         for name in ("usage_topic", "dlq_topic", "balance_topic", "consumer_group",
@@ -186,6 +207,11 @@ class Settings:
             raise SettingsError(f"topic_partitions: must be 1..{MAX_TOPIC_PARTITIONS}")
         if not 1 <= self.topic_replication <= MAX_TOPIC_REPLICATION:
             raise SettingsError(f"topic_replication: must be 1..{MAX_TOPIC_REPLICATION}")
+        if not 1 <= self.reservation_seconds <= MAX_RESERVATION_SECONDS:
+            raise SettingsError(f"reservation_seconds: must be 1..{MAX_RESERVATION_SECONDS}")
+        if not 0 <= self.reservation_grace_seconds <= MAX_RESERVATION_SECONDS:
+            raise SettingsError(
+                f"reservation_grace_seconds: must be 0..{MAX_RESERVATION_SECONDS}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -240,4 +266,9 @@ class Settings:
                                      defaults.topic_replication),
             outbox_retention_hours=parsed("RATING_OUTBOX_RETENTION_HOURS", _positive_int,
                                           defaults.outbox_retention_hours),
+            reservation_seconds=parsed("RATING_RESERVATION_SECONDS", _reservation_seconds,
+                                       defaults.reservation_seconds),
+            reservation_grace_seconds=parsed(
+                "RATING_RESERVATION_GRACE_SECONDS", _grace_seconds,
+                defaults.reservation_grace_seconds),
         )

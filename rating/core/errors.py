@@ -19,6 +19,9 @@
     │   ├── IdempotencyConflict      idempotency_conflict (409)
     │   ├── PaymentDeclined          payment_declined (402)
     │   ├── UnknownPayment           unknown_payment
+    │   ├── InsufficientCredit       insufficient_credit (402): no grant, not even one increment
+    │   ├── UnknownReservation       unknown_reservation (404)
+    │   ├── ReservationClosed        reservation_closed (409): released, final or expired
     │   └── CommandError             a command-line argument or file is unusable
     ├── TransientError               retry later, never DLQ; the API answers 503
     │   ├── StoreUnavailable         store_unavailable  (PostgreSQL down, by SQLSTATE class)
@@ -159,6 +162,25 @@ class PaymentDeclined(RequestError):
 class UnknownPayment(RequestError):
     code = "unknown_payment"
     status = 404
+
+
+class InsufficientCredit(RequestError):
+    """The available credit (balance minus open holds) does not cover one more increment."""
+
+    code = "insufficient_credit"
+    status = 402
+
+
+class UnknownReservation(RequestError):
+    code = "unknown_reservation"
+    status = 404
+
+
+class ReservationClosed(RequestError):
+    """The reservation was released, finalised by its call's last event, or expired."""
+
+    code = "reservation_closed"
+    status = 409
 
 
 class CommandError(RequestError):

@@ -1,6 +1,7 @@
 """The pre-call quote: may an account start a service now, and for how long.
 
-Pure: it reads a balance and the tariff book, nothing else.
+Pure: it reads a balance and the tariff book, nothing else. It answers from the
+available credit: the balance minus what open reservations hold (contract §10).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class QuotedAccount(Protocol):
     def currency(self) -> str: ...
     @property
     def balance(self) -> int: ...
+    @property
+    def held(self) -> int: ...
     @property
     def stt_billing(self) -> str: ...
 
@@ -58,11 +61,14 @@ def authorize(account: QuotedAccount, book: TariffBook,
     service = query.get("service", "")
     if service not in SERVICES:
         raise ValueError("service: expected call, tollfree, sms or stt")
+    available = account.balance - account.held
     base: dict[str, object] = {"service": service, "balance": format_amount(account.balance),
+                               "held": format_amount(account.held),
+                               "available": format_amount(available),
                                "currency": account.currency}
     try:
         if service == "call":
-            return _timed(base, account.balance,
+            return _timed(base, available,
                           call_rate_for(book, account.plan_id, _e164(query, "destination")))
         version = book.plan(account.plan_id)
         if service == "tollfree":
@@ -71,13 +77,13 @@ def authorize(account: QuotedAccount, book: TariffBook,
                 raise ValueError("direction: expected inbound or outbound")
             if version.tollfree is None:
                 raise NoRate(f"plan {account.plan_id!r} does not price toll-free")
-            return _timed(base, account.balance, version.tollfree.lookup(number, direction)[1])
+            return _timed(base, available, version.tollfree.lookup(number, direction)[1])
         if service == "sms":
             destination = _e164(query, "destination")
             if version.sms is None:
                 raise NoRate(f"plan {account.plan_id!r} does not price SMS")
             price = version.sms.lookup(destination)[1]
-            segments = account.balance // price if price > 0 else None
+            segments = available // price if price > 0 else None
             return {**base, "allowed": segments is None or segments >= 1, "max_seconds": None,
                     "max_segments": segments, "rate": {"per_segment": format_amount(price)}}
         if version.stt is None:
@@ -85,7 +91,7 @@ def authorize(account: QuotedAccount, book: TariffBook,
         if account.stt_billing == "invoice":
             return {**base, "allowed": True, "max_seconds": None, "billing": "invoice",
                     "rate": _timed(base, 0, version.stt)["rate"]}
-        return {**_timed(base, account.balance, version.stt), "billing": "credit"}
+        return {**_timed(base, available, version.stt), "billing": "credit"}
     except (NoRate, UnknownPlan) as exc:
         return {**base, "allowed": False, "max_seconds": None, "rate": None,
                 "reason": exc.code, "message": exc.message}

@@ -49,6 +49,7 @@ class Account:
     auto_recharge_disabled_reason: str | None = None
     auto_recharge_disabled_at: datetime | None = None
     alert_thresholds: tuple[int, ...] = ()
+    held: int = 0  # by open credit reservations: available = balance - held
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> Account:
@@ -62,6 +63,7 @@ class Account:
             auto_recharge_disabled_reason=r["auto_recharge_disabled_reason"],
             auto_recharge_disabled_at=r["auto_recharge_disabled_at"],
             alert_thresholds=tuple(r["alert_thresholds"]),
+            held=r["held"],
         )
 
 
@@ -103,7 +105,7 @@ _ACCOUNT_COLUMNS = (
     "id, plan_id, currency, balance, opening_balance, low_balance_threshold,"
     " auto_recharge_enabled, auto_recharge_amount, stt_billing, version, created_at, updated_at,"
     " auto_recharge_max_per_day, auto_recharge_disabled_reason, auto_recharge_disabled_at,"
-    " alert_thresholds"
+    " alert_thresholds, held"
 )
 
 
@@ -334,6 +336,8 @@ def account_json(account: Account) -> dict[str, object]:
         "alert_thresholds": [format_amount(t) for t in account.alert_thresholds],
         "stt_billing": account.stt_billing,
         "opening_balance": format_amount(account.opening_balance),
+        "held": format_amount(account.held),
+        "available": format_amount(account.balance - account.held),
         "created_at": account.created_at.isoformat(),
         "updated_at": account.updated_at.isoformat(),
     }

@@ -2,10 +2,11 @@
 
 Per batch: lock the accounts in sorted id order (so concurrent writers never
 deadlock), insert every ledger row, unique on the event key (a redelivered event
-changes nothing: see ``_APPLY_REDELIVERED``), add each account's sum of the rows
+changes nothing: see ``_ON_CONFLICT``), add each account's sum of the rows
 actually inserted to its balance, and write the threshold crossings to the outbox
 — all in one statement, its own transaction, which commits before any Kafka offset
-does.
+does. A batch with calls of accounts holding credit reservations also settles them
+in that statement (``rating.stores.settlement``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncpg
 import orjson
 
 from rating.core.rate import Charge
+from rating.stores import settlement
 from rating.stores.accounts import SttBilling
 from rating.stores.db import Connection
 from rating.stores.outbox import OutboxEvent
@@ -30,6 +32,7 @@ class AccountInfo:
     plan_id: str
     currency: str
     stt_billing: SttBilling
+    reserving: bool = False  # has open credit reservations: its calls may settle
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,9 @@ class RatedUsage:
     charge: Charge
     event_time: datetime
     on_invoice: bool  # speech-to-text billed on the monthly invoice, not from credit
+    # A call or toll-free event that may settle against a reservation (settlement.py).
+    call_id: str | None = None
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +67,11 @@ class BatchResult:
 async def lookup_accounts(conn: Connection,
                           account_ids: Sequence[str]) -> dict[str, AccountInfo]:
     rows = await conn.fetch(
-        "SELECT id, plan_id, currency, stt_billing FROM accounts WHERE id = ANY($1::text[])",
+        "SELECT id, plan_id, currency, stt_billing, open_reservations > 0 AS reserving"
+        " FROM accounts WHERE id = ANY($1::text[])",
         list(account_ids))
-    return {r["id"]: AccountInfo(r["plan_id"], r["currency"], r["stt_billing"]) for r in rows}
+    return {r["id"]: AccountInfo(r["plan_id"], r["currency"], r["stt_billing"], r["reserving"])
+            for r in rows}
 
 
 # The whole debit is ONE statement, run on its own (an implicit transaction: one
@@ -135,14 +143,15 @@ ALERTED_SQL = """), alerted AS (
 )"""
 
 _SUMS = """
-    RETURNING account_id, amount, accrued, service, currency, kind
-), sums AS (
-    SELECT account_id, sum(amount)::bigint AS total FROM inserted GROUP BY account_id
+    RETURNING account_id, amount, accrued, service, currency, kind{returning}
+){settle}, sums AS (
+    SELECT account_id, sum(amount)::bigint AS total{held_sums} FROM {changes}
+    GROUP BY account_id
 ), updated AS (
     UPDATE accounts a
-    SET balance = a.balance + s.total, version = a.version + 1, updated_at = now()
+    SET balance = a.balance + s.total, version = a.version + 1, updated_at = now(){held_set}
     FROM sums s, lock_count
-    WHERE a.id = s.account_id AND s.total <> 0 AND lock_count.n >= 0{by_key}
+    WHERE a.id = s.account_id AND {changed} AND lock_count.n >= 0{by_key}
     RETURNING a.id, a.balance - s.total AS before, a.balance AS after,
               a.low_balance_threshold AS threshold, a.currency, a.version,
               a.alert_thresholds AS alerts
@@ -181,11 +190,25 @@ _ON_CONFLICT = "    ON CONFLICT (event_source, event_id) DO NOTHING"
 # 10 000 accounts).
 _BY_KEY = " AND a.id = ANY($2::text[])"
 _BY_KEY_MAX_ACCOUNTS = 1_000
-_APPLY_NEW = _INPUT + _SUMS.format(by_key="")
-_APPLY_REDELIVERED = _INPUT + _ON_CONFLICT + _SUMS.format(by_key="")
-_APPLY_NEW_BY_KEY = _INPUT + _SUMS.format(by_key=_BY_KEY)
-_APPLY_REDELIVERED_BY_KEY = _INPUT + _ON_CONFLICT + _SUMS.format(by_key=_BY_KEY)
 _EVENT_KEY = "ledger_event_source_event_id_key"
+
+
+def _statement(*, redelivered: bool, by_key: bool, settle: bool) -> str:
+    """The debit statement; ``settle`` adds the reservation settlement (settlement.py)."""
+    parts = {"by_key": _BY_KEY if by_key else "", "returning": "", "settle": "",
+             "held_sums": "", "changes": "inserted", "held_set": "",
+             "changed": "s.total <> 0"}
+    if settle:
+        parts.update(returning=settlement.RETURNING_KEY if redelivered else "",
+                     settle=settlement.ctes(only_inserted=redelivered),
+                     held_sums=settlement.HELD_SUMS, changes=settlement.CHANGES,
+                     held_set=settlement.HELD_SET, changed=settlement.CHANGED)
+    return _INPUT + (_ON_CONFLICT if redelivered else "") + _SUMS.format(**parts)
+
+
+# (redelivered, by key, settle) -> statement
+_STATEMENTS = {(r, k, s): _statement(redelivered=r, by_key=k, settle=s)
+               for r in (False, True) for k in (False, True) for s in (False, True)}
 
 
 def debit_rows(batch: Sequence[RatedUsage]) -> list[dict[str, object]]:
@@ -218,13 +241,25 @@ class DebitBatch:
     usage: Sequence[RatedUsage]
     rows_json: str
     account_ids: list[str]  # sorted: the order their rows are locked in
+    settle_json: str | None = None  # settlement.settlement_json of its settling events
 
     @classmethod
     def of(cls, usage: Sequence[RatedUsage],
-           rows: list[dict[str, object]] | None = None) -> DebitBatch:
-        """``rows``, when given, must be ``debit_rows(usage)`` (built a slice at a time)."""
+           rows: list[dict[str, object]] | None = None,
+           settle: Sequence[settlement.Settlement] | None = None) -> DebitBatch:
+        """``rows``, when given, must be ``debit_rows(usage)`` (built a slice at a time),
+        and ``settle`` ``settlements(usage)``."""
         return cls(usage, orjson.dumps(debit_rows(usage) if rows is None else rows).decode(),
-                   sorted({u.charge.account_id for u in usage}))
+                   sorted({u.charge.account_id for u in usage}),
+                   settlement.settlement_json(settlements(usage) if settle is None else settle))
+
+
+def settlements(usage: Sequence[RatedUsage]) -> list[settlement.Settlement]:
+    """The events of ``usage`` that may settle against a reservation."""
+    return [settlement.Settlement(c.source, c.event_id, c.account_id, u.call_id, c.amount,
+                                  u.final)
+            for u in usage if u.call_id is not None and settlement.settles(u.call_id)
+            for c in (u.charge,)]
 
 
 async def apply_usage(conn: Connection, batch: Sequence[RatedUsage] | DebitBatch) -> BatchResult:
@@ -236,10 +271,8 @@ async def apply_usage(conn: Connection, batch: Sequence[RatedUsage] | DebitBatch
     debit = batch if isinstance(batch, DebitBatch) else DebitBatch.of(batch)
     if not debit.usage:
         return BatchResult(0, 0, [], [])
-    if len(debit.account_ids) <= _BY_KEY_MAX_ACCOUNTS:
-        new, redelivered = _APPLY_NEW_BY_KEY, _APPLY_REDELIVERED_BY_KEY
-    else:
-        new, redelivered = _APPLY_NEW, _APPLY_REDELIVERED
+    by_key, settle = len(debit.account_ids) <= _BY_KEY_MAX_ACCOUNTS, debit.settle_json is not None
+    new, redelivered = _STATEMENTS[False, by_key, settle], _STATEMENTS[True, by_key, settle]
     try:
         return await _apply(conn, debit, new)
     except asyncpg.UniqueViolationError as exc:
@@ -249,11 +282,14 @@ async def apply_usage(conn: Connection, batch: Sequence[RatedUsage] | DebitBatch
 
 
 async def _apply(conn: Connection, debit: DebitBatch, statement: str) -> BatchResult:
+    args: tuple[object, ...] = (debit.rows_json, debit.account_ids)
+    if debit.settle_json is not None:
+        args += (debit.settle_json,)
     if conn.is_in_transaction():
         async with conn.transaction():  # a savepoint: a failure undoes only this
-            rows = await conn.fetch(statement, debit.rows_json, debit.account_ids)
+            rows = await conn.fetch(statement, *args)
     else:
-        rows = await conn.fetch(statement, debit.rows_json, debit.account_ids)
+        rows = await conn.fetch(statement, *args)
     totals = [UsageTotal(r["service"], r["currency"], r["kind"], r["events"], r["amount"])
               for r in rows if r["event_id"] is None]
     announced = [OutboxEvent(r["event_id"], r["type"], r["account_id"], r["amount"],

@@ -16,6 +16,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from api.accounts import OPENAPI_CANDIDATES, HttpApi
+from api.reservations import ReservationApi
 from rating.core.events import Service
 from rating.core.money import parse_amount
 from rating.core.pricing import Increment, TimedRate, cost, seconds_covered
@@ -25,6 +26,7 @@ from rating.settings import Settings
 from rating.stores.accounts import AccountStore, NewAccount
 from rating.stores.ledger import RatedUsage, apply_usage
 from rating.stores.recharges import RechargePolicy
+from rating.stores.reservations import ReservationStore
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
 from tests.support import write_flat_tariffs
@@ -68,9 +70,13 @@ async def start_api(settings: Settings, pool: asyncpg.Pool, tariffs_dir: Path,
     async def readiness() -> dict[str, bool]:
         return dict(ready)
 
-    api = HttpApi(store=AccountStore(pool), tariffs=TariffStore(tariffs_dir),
+    tariffs = TariffStore(tariffs_dir)
+    reservations = ReservationStore(pool, cap_seconds=settings.reservation_seconds,
+                                    grace_seconds=settings.reservation_grace_seconds)
+    api = HttpApi(store=AccountStore(pool), tariffs=tariffs,
                   topups=TopupService(pool, provider, RechargePolicy(settle_poll_s=0.1)),
-                  settings=settings, readiness=readiness)
+                  settings=settings, readiness=readiness,
+                  reservations=ReservationApi(reservations, tariffs))
     await api.start()
     return api
 
@@ -116,6 +122,9 @@ async def test_probes_and_the_openapi_document(api: Api) -> None:
             "/v1/accounts/{account_id}/payment-method", "/v1/accounts/{account_id}/recharges",
             "/v1/accounts/{account_id}/ledger.csv",
             "/v1/accounts/{account_id}/statement", "/v1/events/{source}/{event_id}",
+            "/v1/accounts/{account_id}/reservations",
+            "/v1/accounts/{account_id}/reservations/{reservation_id}",
+            "/v1/accounts/{account_id}/reservations/{reservation_id}/extend",
             } == set(doc["paths"])
     assert "Error" in doc["components"]["schemas"]
 

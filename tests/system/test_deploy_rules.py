@@ -42,9 +42,11 @@ def exported_names() -> set[str]:
     """Every sample name the engine's metrics can expose (labelled or not yet used)."""
     import prometheus_client
 
-    import api.http_metrics  # noqa: F401  (registers its metrics on import)
+    import api.http_metrics
+    import api.reservations  # noqa: F401  (registers its metrics on import)
     import consumers.metrics
     import consumers.recharge_worker
+    import consumers.reservation_sweeper
     import consumers.tariff_watcher  # noqa: F401  (registers its metrics on import)
 
     suffixes = {
@@ -101,7 +103,7 @@ def test_promtool_check_config_loads_the_rules() -> None:
 def test_rules_tests_cover_the_key_alerts() -> None:
     text = RULES_TEST.read_text()
     for alert in ("RatingConsumerStalled", "RatingTariffGapNoRate", "RatingTariffReloadFailing",
-                  "RatingEngineDown"):
+                  "RatingEngineDown", "RatingReservationsExpiringInBulk"):
         assert f"alertname: {alert}\n" in text, alert
 
 

@@ -42,3 +42,21 @@ def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> N
     message = str(caught.value)
     assert message.startswith(f"{name}: ") and "\n" not in message
     assert repr(value) in message
+
+
+def test_reservation_settings() -> None:
+    assert (Settings().reservation_seconds, Settings().reservation_grace_seconds) == (300, 60)
+    settings = Settings.from_env({"RATING_RESERVATION_SECONDS": "120",
+                                  "RATING_RESERVATION_GRACE_SECONDS": "0",
+                                  "RATING_SWITCH_TOKEN": "sw"})
+    assert (settings.reservation_seconds, settings.reservation_grace_seconds) == (120, 0)
+    assert settings.switch_token == "sw"
+    for name, value in (("RATING_RESERVATION_SECONDS", "0"),
+                        ("RATING_RESERVATION_SECONDS", "86401"),
+                        ("RATING_RESERVATION_SECONDS", "5m"),
+                        ("RATING_RESERVATION_GRACE_SECONDS", "-1")):
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env({name: value})
+        assert str(caught.value).startswith(f"{name}: ") and repr(value) in str(caught.value)
+    with pytest.raises(SettingsError):
+        Settings(reservation_seconds=0)
