@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from rating.core.currency import parse_presets
+from rating.core.money import BALANCE_BOUND, DEFAULT_MAX_AMOUNT, format_amount, parse_amount
 from rating.core.rate import MAX_BATCH_EVENTS
+from rating.payments.simulated import SimulatedProvider
 
 T = TypeVar("T")
 
@@ -137,9 +139,31 @@ def _database_url(name: str, raw: str) -> str | None:
     return raw
 
 
+def _max_amount(name: str, raw: str) -> int:
+    expected = f"a decimal amount greater than 0 and at most {format_amount(BALANCE_BOUND)}"
+    try:
+        micros = parse_amount(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected {expected}, got {raw!r}") from None
+    if not 0 < micros <= BALANCE_BOUND:
+        raise SettingsError(f"{name}: expected {expected}, got {raw!r}")
+    return micros
+
+
+def _payment_simulation(name: str, raw: str) -> str | None:
+    try:
+        SimulatedProvider(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    return raw.strip()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     database_url: str | None = None
+    # Migrations may run as a role that owns the schema while the engine runs as one
+    # that may only read and write rows (deploy/postgres/least-privilege.sql).
+    migrate_database_url: str | None = None
     kafka_bootstrap: tuple[str, ...] | None = None
     data_dir: Path = Path(".rating")
     tariffs_dir: Path = Path("tariffs")
@@ -169,8 +193,12 @@ class Settings:
     fetch_max_wait_ms: int = 30
     tariff_poll_seconds: int = 2
     shutdown_grace_seconds: int = 25
-    # Only a simulated payment provider ships here: "succeed", "decline" or "delay:SECONDS".
-    payment_simulation: str = "succeed"
+    # The simulated card processor's spec ("succeed", "decline", "delay:SECONDS", ...);
+    # None: no payment provider is configured, and ``run`` refuses to start.
+    payment_simulation: str | None = None
+    # The largest single amount a caller may give (top-up, recharge amount or threshold,
+    # adjustment, opening balance), in micro-units.
+    max_amount: int = DEFAULT_MAX_AMOUNT
     # Waits before the 2nd, 3rd, ... attempt of a declined automatic recharge; after the
     # last attempt declines, automatic recharge turns itself off (CONTRACT §12).
     recharge_retry_seconds: tuple[float, ...] = (60.0, 300.0, 1800.0)
@@ -212,6 +240,8 @@ class Settings:
         if not 0 <= self.reservation_grace_seconds <= MAX_RESERVATION_SECONDS:
             raise SettingsError(
                 f"reservation_grace_seconds: must be 0..{MAX_RESERVATION_SECONDS}")
+        if not 0 < self.max_amount <= BALANCE_BOUND:
+            raise SettingsError(f"max_amount: must be 1..{BALANCE_BOUND} micro-units")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -231,6 +261,7 @@ class Settings:
         defaults = cls()
         return cls(
             database_url=parsed("RATING_DATABASE_URL", _database_url, None),
+            migrate_database_url=parsed("RATING_MIGRATE_DATABASE_URL", _database_url, None),
             kafka_bootstrap=parsed("RATING_KAFKA_BOOTSTRAP", parse_bootstrap, None),
             data_dir=Path(text("RATING_DATA_DIR", str(defaults.data_dir))),
             tariffs_dir=Path(text("RATING_TARIFFS_DIR", str(defaults.tariffs_dir))),
@@ -253,7 +284,8 @@ class Settings:
                                        defaults.tariff_poll_seconds),
             shutdown_grace_seconds=parsed("RATING_SHUTDOWN_GRACE_SECONDS", _positive_int,
                                           defaults.shutdown_grace_seconds),
-            payment_simulation=text("RATING_PAYMENT_SIMULATION", defaults.payment_simulation),
+            payment_simulation=parsed("RATING_PAYMENT_SIMULATION", _payment_simulation, None),
+            max_amount=parsed("RATING_MAX_AMOUNT", _max_amount, defaults.max_amount),
             recharge_retry_seconds=parsed("RATING_RECHARGE_RETRY_SECONDS", _retry_waits,
                                           defaults.recharge_retry_seconds),
             recharge_sweep_seconds=parsed("RATING_RECHARGE_SWEEP_SECONDS", _seconds,

@@ -14,7 +14,8 @@
     │   └── DebitRefused             debit_refused | debit_failed (the database refused this event)
     ├── RequestError                 a caller's request refused (API 4xx, one CLI line)
     │   ├── ApiError                 any status and code chosen at the HTTP edge
-    │   ├── InvalidRequest           invalid_amount | invalid_account | ... (422)
+    │   ├── InvalidRequest           invalid_amount | invalid_account | invalid_text | ... (422)
+    │   ├── BalanceOutOfBounds       balance_out_of_bounds (422): past ±BALANCE_BOUND
     │   ├── AccountExists            account_exists (409)
     │   ├── IdempotencyConflict      idempotency_conflict (409)
     │   ├── PaymentDeclined          payment_declined (402)
@@ -27,7 +28,8 @@
     │   ├── StoreUnavailable         store_unavailable  (PostgreSQL down, by SQLSTATE class)
     │   ├── BrokerUnavailable        broker_unavailable (Kafka down)
     │   └── PaymentUnavailable       payment_unavailable (the card processor did not answer)
-    └── TariffError                  tariff_error: tariff files invalid, carries TariffIssue list
+    ├── TariffError                  tariff_error: tariff files invalid, carries TariffIssue list
+    └── SchemaOutdated               schema_outdated: migrations pending that this role cannot apply
 
 The I/O-side classes live here so that the whole tree is in one place; the
 modules that talk to PostgreSQL, Kafka and the card processor map library
@@ -140,6 +142,12 @@ class InvalidRequest(RequestError):
     code = "invalid_request"
 
 
+class BalanceOutOfBounds(RequestError):
+    """A credit (or an opening balance) would take a balance outside ±``BALANCE_BOUND``."""
+
+    code = "balance_out_of_bounds"
+
+
 class AccountExists(RequestError):
     code = "account_exists"
     status = 409
@@ -228,3 +236,10 @@ class TariffError(RatingError):
         self.issues: list[TariffIssue] = list(issues)
         summary = "\n".join(str(issue) for issue in self.issues) or "invalid tariffs"
         super().__init__(summary)
+
+
+class SchemaOutdated(RatingError):
+    """The database lacks migrations this engine needs, and its role may not apply them:
+    ``rating-engine migrate`` (as a role that owns the schema) has to run first."""
+
+    code = "schema_outdated"

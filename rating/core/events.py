@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 import orjson
 
 from rating.core.errors import InvalidEvent
+from rating.core.identifiers import ACCOUNT_ID_RULE, is_account_id
 from rating.core.segments import count_segments
 
 Service = Literal["call", "tollfree", "sms", "stt"]
@@ -144,18 +145,28 @@ def _text(obj: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-# (source, id) is the ledger's unique key and subject the account id: PostgreSQL text
-# cannot hold U+0000, and an index entry must fit in a page, so such an event is
-# refused here (to the DLQ) rather than failing the batch's transaction every time.
+# (source, id) is the ledger's unique key: PostgreSQL text cannot hold U+0000, and an
+# index entry must fit in a page, so such an event is refused here (to the DLQ) rather
+# than failing the batch's transaction every time. ``subject`` is an account id and
+# must follow the account-id rule (CONTRACT §8), which the accounts table enforces too.
 MAX_KEY_LENGTH = 256
+# Subjects seen to be valid: most events name an account seen a moment ago, and a set
+# lookup costs a small fraction of the pattern match. Cleared when full.
+_VALID_SUBJECTS: set[str] = set()
+_VALID_SUBJECTS_MAX = 100_000
 
 
 def _check_keys(event_id: str, source: str, subject: str) -> None:
-    for key, value in (("id", event_id), ("source", source), ("subject", subject)):
+    for key, value in (("id", event_id), ("source", source)):
         if len(value) > MAX_KEY_LENGTH:
             raise _invalid(f"{key}: longer than {MAX_KEY_LENGTH} characters")
         if "\x00" in value:
             raise _invalid(f"{key}: must not contain U+0000")
+    if not is_account_id(subject):
+        raise _invalid(f"subject: not an account id ({ACCOUNT_ID_RULE}): {subject[:140]!r}")
+    if len(_VALID_SUBJECTS) >= _VALID_SUBJECTS_MAX:
+        _VALID_SUBJECTS.clear()
+    _VALID_SUBJECTS.add(subject)
 
 
 def _int(data: dict[str, Any], key: str) -> int:
@@ -367,8 +378,7 @@ def decode_usage_event(raw: bytes | bytearray | memoryview | str) -> UsageEvent:
     ):
         event_id, source, subject = (_text(obj, key, "") for key in ("id", "source", "subject"))
     if (len(event_id) > MAX_KEY_LENGTH or len(source) > MAX_KEY_LENGTH
-            or len(subject) > MAX_KEY_LENGTH
-            or "\x00" in event_id or "\x00" in source or "\x00" in subject):
+            or "\x00" in event_id or "\x00" in source or subject not in _VALID_SUBJECTS):
         _check_keys(event_id, source, subject)
     event_type = obj.get("type")
     decoder = _DECODERS.get(event_type) if type(event_type) is str else None

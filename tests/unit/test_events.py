@@ -149,6 +149,13 @@ def with_envelope(**changes: Any) -> bytes:
         (with_envelope(id="e" * 257), "invalid_event", "id"),
         (with_envelope(source="s" * 257), "invalid_event", "source"),
         (with_envelope(subject="a" * 257), "invalid_event", "subject"),
+        # The account-id rule (CONTRACT §8): 1-128 of A-Z a-z 0-9 . _ : -
+        (with_envelope(subject="a" * 129), "invalid_event", "subject"),
+        (with_envelope(subject="a/b"), "invalid_event", "subject"),
+        (with_envelope(subject="acct 42"), "invalid_event", "subject"),
+        (with_envelope(subject="acct-42\n"), "invalid_event", "subject"),
+        (with_envelope(subject="kundé"), "invalid_event", "subject"),
+        (with_envelope(subject=42), "invalid_event", "subject"),
         (with_envelope(type=DROP), "invalid_event", "type"),
         (with_envelope(type=7), "invalid_event", "type"),
         (with_envelope(type="usage.fax"), "unknown_type", "usage.fax"),
@@ -218,9 +225,11 @@ def test_rejects_data(type_: str, data: dict[str, Any], names: str) -> None:
 
 
 def test_keys_of_the_longest_accepted_length_decode() -> None:
-    decoded = decode_usage_event(with_envelope(id="e" * 256, source="s" * 256,
-                                               subject="ü" * 256))
-    assert (len(decoded.event_id), len(decoded.source), len(decoded.account_id)) == (256,) * 3
+    subject = "Az09._:-" * 16  # every character of the account-id rule, 128 of them
+    decoded = decode_usage_event(with_envelope(id="e" * 256, source="ü" * 256,
+                                               subject=subject))
+    assert (len(decoded.event_id), len(decoded.source)) == (256, 256)
+    assert decoded.account_id == subject
 
 
 def test_errors_chain_their_cause() -> None:
