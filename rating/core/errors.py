@@ -15,7 +15,7 @@
     ├── RequestError                 a caller's request refused (API 4xx, one CLI line)
     │   ├── ApiError                 any status and code chosen at the HTTP edge
     │   ├── InvalidRequest           invalid_amount | invalid_account | invalid_text | ... (422)
-    │   ├── BalanceOutOfBounds       balance_out_of_bounds (422): past ±BALANCE_BOUND
+    │   ├── BalanceOutOfBounds       balance_out_of_range (422): a credit past ±BALANCE_BOUND
     │   ├── AccountExists            account_exists (409)
     │   ├── IdempotencyConflict      idempotency_conflict (409)
     │   ├── PaymentDeclined          payment_declined (402)
@@ -143,9 +143,10 @@ class InvalidRequest(RequestError):
 
 
 class BalanceOutOfBounds(RequestError):
-    """A credit (or an opening balance) would take a balance outside ±``BALANCE_BOUND``."""
+    """A credit (or an opening balance) would take a balance outside ±``BALANCE_BOUND``;
+    refused before any card is charged. The same code as ``BalanceOutOfRange``."""
 
-    code = "balance_out_of_bounds"
+    code = "balance_out_of_range"
 
 
 class AccountExists(RequestError):

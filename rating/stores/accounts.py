@@ -15,10 +15,12 @@ import asyncpg
 
 from rating.core.errors import (
     AccountExists,
+    BalanceOutOfBounds,
     IdempotencyConflict,
     InvalidRequest,
     UnknownAccount,
 )
+from rating.core.identifiers import check_account_id
 from rating.core.money import BALANCE_BOUND, format_amount
 from rating.stores.db import Connection, exceeds_balance_bound
 from rating.stores.explain import DETAIL_COLUMNS, detail_of
@@ -136,8 +138,7 @@ class AccountStore:
         return self._pool
 
     async def create(self, new: NewAccount) -> Account:
-        if not new.id:
-            raise InvalidRequest("account id must not be empty", code="invalid_account")
+        check_new_account(new)
         row = await self._pool.fetchrow(
             f"""
             INSERT INTO accounts (id, plan_id, currency, opening_balance, balance,
@@ -156,6 +157,8 @@ class AccountStore:
         batch = list(accounts)
         if not batch:
             return 0, 0
+        for new in batch:
+            check_new_account(new)
         created = await self._pool.fetchval(
             """
             WITH ins AS (
@@ -191,8 +194,10 @@ class AccountStore:
             return await self._one(
                 f"UPDATE accounts SET auto_recharge_enabled = false, version = version + 1,"
                 f" updated_at = now() WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}", account_id)
-        if amount <= 0 or below is None or below < 0:
-            raise InvalidRequest("auto-recharge needs amount > 0 and threshold >= 0",
+        if not (0 < amount <= BALANCE_BOUND and below is not None
+                and 0 <= below <= BALANCE_BOUND):
+            raise InvalidRequest("auto-recharge needs 0 < amount and 0 <= threshold, both"
+                                 f" at most {format_amount(BALANCE_BOUND)}",
                                  code="invalid_settings")
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(_TURN_AUTO_RECHARGE_ON, account_id, amount, below)
@@ -247,6 +252,12 @@ class AccountStore:
                 """, account_id, kind, source, key, amount, account.currency, reason)
             if entry_id is None:
                 return await self._replayed(conn, account, kind, source, key, amount)
+            if not -BALANCE_BOUND <= account.balance + amount <= BALANCE_BOUND:
+                # Raising undoes the ledger row too. Callers that charge a card check
+                # first (nothing is charged); the CHECK of migration 0006 stands behind.
+                raise BalanceOutOfBounds(
+                    f"the balance of {account_id!r} would leave"
+                    f" ±{format_amount(BALANCE_BOUND)}; nothing was credited")
             try:
                 row = await conn.fetchrow(
                     f"UPDATE accounts SET balance = balance + $2, version = version + 1,"
@@ -254,9 +265,9 @@ class AccountStore:
                     account_id, amount)
             except asyncpg.PostgresError as exc:
                 if exceeds_balance_bound(exc):  # nothing of this credit is kept
-                    raise InvalidRequest(
+                    raise BalanceOutOfBounds(
                         f"this would take the balance past {format_amount(BALANCE_BOUND)}"
-                        " either way", code="balance_out_of_range") from exc
+                        " either way") from exc
                 raise
             assert row is not None  # locked above, so it still exists
             after = Account.from_record(row)
@@ -312,6 +323,18 @@ class AccountStore:
             """, account_id, since)
         return {r["service"]: (r["debited"], r["accrued"], r["events"]) for r in rows}
 
+
+
+def check_new_account(new: NewAccount) -> None:
+    """Refuse an account the table must never hold: an id outside the account-id rule,
+    an opening balance past ±BALANCE_BOUND, a threshold below 0 or past the bound."""
+    check_account_id(new.id)
+    if not -BALANCE_BOUND <= new.balance <= BALANCE_BOUND:
+        raise BalanceOutOfBounds(f"opening balance of {new.id!r}: at most"
+                                 f" ±{format_amount(BALANCE_BOUND)}")
+    if not 0 <= new.low_balance_threshold <= BALANCE_BOUND:
+        raise InvalidRequest(f"low-balance threshold of {new.id!r}: must be 0.."
+                             f"{format_amount(BALANCE_BOUND)}", code="invalid_amount")
 
 
 def account_json(account: Account) -> dict[str, object]:

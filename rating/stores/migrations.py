@@ -36,6 +36,16 @@ def available_migrations() -> list[Migration]:
     return found
 
 
+async def pending_migrations(conn: Connection) -> list[Migration]:
+    """Migrations not yet recorded, read without taking a lock or changing anything: a
+    role that may only read and write rows can ask (``SELECT`` on schema_migrations)."""
+    recorded = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    done = set()
+    if recorded:
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    return [m for m in available_migrations() if m.version not in done]
+
+
 async def migrate(conn: Connection) -> list[Migration]:
     """Apply every migration not yet recorded; return those applied now."""
     applied_now = []

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from rating.core.money import format_amount
+from rating.core.money import BALANCE_BOUND, format_amount
 from rating.payments.provider import (
     ChargeRequest,
     PaymentProvider,
@@ -249,6 +249,8 @@ class RechargeService:
                     reason = "cancelled: auto-recharge was turned off"
                 elif account["balance"] >= account["low_balance_threshold"]:
                     reason = "cancelled: balance is back at or above the threshold"
+                elif account["balance"] + account["auto_recharge_amount"] > BALANCE_BOUND:
+                    reason = "cancelled: the balance would exceed its bound"
                 if reason is not None:
                     await conn.execute(
                         "UPDATE recharges SET status = 'cancelled', next_attempt_at = NULL,"

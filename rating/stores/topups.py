@@ -1,5 +1,8 @@
 """One-time top-ups: the card is charged first, credit follows only for money actually
 taken, and each payment is credited exactly once per ``(account, idempotency key)``.
+
+A payment row is keyed by its two columns; the ledger row and the provider's idempotency
+key by ``credit_key(account, key)``, an encoding no other pair shares.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from typing import Literal
 import asyncpg
 
 from rating.core.errors import (
+    BalanceOutOfBounds,
     IdempotencyConflict,
     InvalidRequest,
     PaymentDeclined,
     PaymentUnavailable,
 )
+from rating.core.identifiers import check_account_id, check_text, credit_key
+from rating.core.money import BALANCE_BOUND, format_amount
 from rating.payments.provider import ChargeRequest, PaymentProvider, PaymentResult
 from rating.stores.accounts import Account, AccountStore
 from rating.stores.db import is_transient
@@ -25,6 +31,8 @@ log = logging.getLogger(__name__)
 
 
 TopupStatus = Literal["succeeded", "pending"]
+_PAYMENT = ("SELECT amount, status, reason FROM topup_payments"
+            " WHERE account_id = $1 AND idempotency_key = $2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,21 +67,31 @@ class TopupService:
         if not idempotency_key:
             raise InvalidRequest("an idempotency key is required",
                                  code="invalid_idempotency_key")
+        check_text("idempotency key", idempotency_key, max_length=255)
+        # An older id outside the rule names an account that can no longer be credited
+        # (the CHECK of migration 0005): its card is never charged.
+        check_account_id(account_id)
         account = await self._store.get(account_id)
-        key = f"{account_id}/{idempotency_key}"
+        key = credit_key(account_id, idempotency_key)
         async with self._pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                "INSERT INTO topup_payments (account_id, idempotency_key, amount, currency,"
-                " next_check_at) VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))"
-                " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING id",
-                account_id, idempotency_key, amount, account.currency,
-                float(self.policy.answer_timeout_s))
-            prior = None if inserted else await conn.fetchrow(
-                "SELECT amount, status, reason FROM topup_payments"
-                " WHERE account_id = $1 AND idempotency_key = $2", account_id, idempotency_key)
             # A key credited before payments were recorded is a replay, never a new charge.
             credited_amount = await conn.fetchval(
                 "SELECT amount FROM ledger WHERE event_source = 'topup' AND event_id = $1", key)
+            prior = await conn.fetchrow(_PAYMENT, account_id, idempotency_key)
+            if prior is None and credited_amount is None:
+                if account.balance + amount > BALANCE_BOUND:
+                    # Refused before the card is asked: the credit could never land.
+                    raise BalanceOutOfBounds(
+                        f"a top-up of {format_amount(amount)} would take the balance past"
+                        f" {format_amount(BALANCE_BOUND)}; nothing was charged")
+                inserted = await conn.fetchval(
+                    "INSERT INTO topup_payments (account_id, idempotency_key, amount, currency,"
+                    " next_check_at) VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))"
+                    " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING id",
+                    account_id, idempotency_key, amount, account.currency,
+                    float(self.policy.answer_timeout_s))
+                if inserted is None:  # the same key, sent twice at once: the other is first
+                    prior = await conn.fetchrow(_PAYMENT, account_id, idempotency_key)
         if (prior is not None and prior["amount"] != amount) or (
                 credited_amount is not None and credited_amount != amount):
             raise IdempotencyConflict(
@@ -88,9 +106,11 @@ class TopupService:
         except PaymentDeclined:
             raise
         except Exception as exc:
+            log.warning("payment provider failed for top-up %r of %r (%s: %s)",
+                        idempotency_key, account_id, type(exc).__name__, exc)
             raise PaymentUnavailable(
-                f"payment provider unavailable ({type(exc).__name__}); retry with the same"
-                " idempotency key") from exc
+                "the payment provider did not answer; retry with the same idempotency key"
+            ) from exc
         outcome = await self._record(account_id, idempotency_key, amount, result)
         if outcome is None:
             raise PaymentDeclined(f"payment declined: {result.reason or 'declined'}")
@@ -124,7 +144,7 @@ class TopupService:
                 else:
                     result = await self._provider.charge(ChargeRequest(
                         r["account_id"], r["amount"], r["currency"],
-                        f"topup/{r['account_id']}/{r['idempotency_key']}"))
+                        "topup/" + credit_key(r["account_id"], r["idempotency_key"])))
             except Exception as exc:  # asked again at the next poll
                 log.warning("payment provider failed settling top-up %s/%s (%s: %s)",
                             r["account_id"], r["idempotency_key"], type(exc).__name__, exc)
@@ -168,7 +188,8 @@ class TopupService:
         where = " WHERE account_id = $1 AND idempotency_key = $2 AND status <> 'succeeded'"
         if result.status == "succeeded":
             credit = await self._store.credit(
-                account_id, kind="topup", source="topup", key=f"{account_id}/{idempotency_key}",
+                account_id, kind="topup", source="topup",
+                key=credit_key(account_id, idempotency_key),
                 amount=amount, announce={"payment_id": result.payment_id})
             await self._pool.execute(
                 "UPDATE topup_payments SET status = 'succeeded', payment_id = $3,"
