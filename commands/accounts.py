@@ -14,11 +14,19 @@ import orjson
 
 from commands import cli_audit
 from commands.recharge_args import recharge_limit_args
-from engine.services import database_url, migrate_database
+from engine.payments import configured_provider
+from engine.services import database_url, migrate_database, migrate_database_url
+from rating.core.amount_rules import AmountRule, AmountSign
 from rating.core.errors import CommandError, PermanentError, RequestError
+from rating.core.identifiers import (
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_REASON_LENGTH,
+    check_account_id,
+    check_text,
+    credit_key,
+)
 from rating.core.money import parse_amount
 from rating.payments.provider import PaymentProvider
-from rating.payments.simulated import SimulatedProvider
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore, NewAccount, SttBilling, account_json
 from rating.stores.db import create_pool
@@ -28,14 +36,30 @@ from rating.stores.topups import TopupService
 from rating.tariffbook.files import load_tariffs
 
 
-def amount_arg(name: str, text: str, *, allow_negative: bool = False) -> int:
+def amount_arg(settings: Settings, name: str, text: str, sign: AmountSign) -> int:
+    """An amount argument within ``sign`` and the largest single amount (RATING_MAX_AMOUNT)."""
     try:
         micros = parse_amount(text)
     except ValueError as exc:
         raise CommandError(f"{name}: {exc}") from None
-    if micros < 0 and not allow_negative:
-        raise CommandError(f"{name}: must not be negative, got {text!r}")
-    return micros
+    try:
+        return AmountRule(sign, settings.max_amount).check(name, micros)
+    except RequestError as exc:
+        raise CommandError(exc.message) from None
+
+
+def account_arg(account_id: str) -> str:
+    try:
+        return check_account_id(account_id)
+    except RequestError as exc:
+        raise CommandError(exc.message) from None
+
+
+def text_arg(name: str, text: str, *, max_length: int) -> str:
+    try:
+        return check_text(name, text, max_length=max_length)
+    except RequestError as exc:
+        raise CommandError(exc.message) from None
 
 
 @asynccontextmanager
@@ -67,7 +91,7 @@ def _plan_currency(settings: Settings, plan_id: str) -> str:
 
 
 async def cmd_migrate(settings: Settings, out: TextIO) -> int:
-    async with database_url(settings) as (dsn, _pid):
+    async with migrate_database_url(settings) as (dsn, _pid):
         conn = await asyncpg.connect(dsn)
         try:
             applied = await migrate(conn)
@@ -80,9 +104,10 @@ async def cmd_migrate(settings: Settings, out: TextIO) -> int:
 
 async def cmd_create(settings: Settings, out: TextIO, account_id: str, plan: str,
                      balance: str, threshold: str) -> int:
-    new = NewAccount(account_id, plan, _plan_currency(settings, plan),
-                     amount_arg("--balance", balance, allow_negative=True),
-                     amount_arg("--low-balance-threshold", threshold))
+    new = NewAccount(account_arg(account_id), plan, _plan_currency(settings, plan),
+                     amount_arg(settings, "--balance", balance, "signed"),
+                     amount_arg(settings, "--low-balance-threshold", threshold,
+                                "non_negative"))
     async with store_for(settings) as store:
         _print_json(out, account_json(await store.create(new)))
     return 0
@@ -96,12 +121,14 @@ async def cmd_show(settings: Settings, out: TextIO, account_id: str) -> int:
 
 async def cmd_topup(settings: Settings, out: TextIO, account_id: str, amount: str,
                     key: str, provider: PaymentProvider | None = None) -> int:
-    """Charge the card (simulated unless ``provider`` is given), credit once per key."""
-    micros = amount_arg("AMOUNT", amount)
-    if micros == 0:
-        raise CommandError("AMOUNT: must be greater than zero")
+    """Charge the card through the configured provider (RATING_PAYMENT_SIMULATION; refused
+    when there is none) unless ``provider`` is given; credit once per key."""
+    account_arg(account_id)
+    micros = amount_arg(settings, "AMOUNT", amount, "positive")
+    text_arg("--idempotency-key", key, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+    provider = provider or configured_provider(settings)
     async with store_for(settings) as store:
-        topups = TopupService(store.pool, provider or SimulatedProvider())
+        topups = TopupService(store.pool, provider)
         result = await topups.topup(account_id, micros, key)
     body = account_json(result.account)
     body["credited"] = result.credited
@@ -115,15 +142,14 @@ async def cmd_auto_recharge(settings: Settings, out: TextIO, account_id: str,
                             alert_thresholds: str | None = None) -> int:
     """``--amount A --below T`` turns it on, ``--off`` off; ``--max-per-day`` and
     ``--alert-thresholds`` alone change only themselves."""
+    account_arg(account_id)
     limits = recharge_limit_args(max_per_day, alert_thresholds)
     turn_on = None
     if not off and (amount is not None or below is not None or not limits.given):
         if amount is None or below is None:
             raise CommandError("auto-recharge needs --amount and --below, or --off")
-        micros = amount_arg("--amount", amount)
-        if micros == 0:
-            raise CommandError("--amount: must be greater than zero")
-        turn_on = (micros, amount_arg("--below", below))
+        turn_on = (amount_arg(settings, "--amount", amount, "positive"),
+                   amount_arg(settings, "--below", below, "non_negative"))
     async with store_for(settings) as store:
         await limits.apply(store.pool, account_id)
         if off:
@@ -139,6 +165,7 @@ async def cmd_auto_recharge(settings: Settings, out: TextIO, account_id: str,
 
 async def cmd_stt_billing(settings: Settings, out: TextIO, account_id: str,
                           mode: SttBilling) -> int:
+    account_arg(account_id)
     async with store_for(settings) as store:
         _print_json(out, account_json(await store.set_stt_billing(account_id, mode)))
     return 0
@@ -146,10 +173,14 @@ async def cmd_stt_billing(settings: Settings, out: TextIO, account_id: str,
 
 async def cmd_adjust(settings: Settings, out: TextIO, account_id: str, amount: str,
                      reason: str, key: str) -> int:
-    micros = amount_arg("AMOUNT", amount, allow_negative=True)
+    account_arg(account_id)
+    micros = amount_arg(settings, "AMOUNT", amount, "non_zero")
+    reason = text_arg("--reason", reason.strip(), max_length=MAX_REASON_LENGTH)
+    text_arg("--idempotency-key", key, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
     async with store_for(settings) as store:
         result = await store.credit(account_id, kind="adjustment", source="adjustment",
-                                    key=f"{account_id}/{key}", amount=micros, reason=reason)
+                                    key=credit_key(account_id, key), amount=micros,
+                                    reason=reason)
         body = account_json(result.account)
         body["applied"] = result.applied
         _print_json(out, body)
@@ -178,7 +209,7 @@ def read_import_file(path: Path, settings: Settings) -> list[NewAccount]:
             if not row or not "".join(row).strip():
                 continue
             try:
-                accounts.append(_import_row(row, header, book.currency, seen))
+                accounts.append(_import_row(settings, row, header, book.currency, seen))
             except (RequestError, PermanentError) as exc:
                 errors.append(f"{path}:{line}: {exc}")
     if errors:
@@ -186,20 +217,21 @@ def read_import_file(path: Path, settings: Settings) -> list[NewAccount]:
     return accounts
 
 
-def _import_row(row: list[str], header: list[str], currency_of: Callable[[str], str],
-                seen: set[str]) -> NewAccount:
+def _import_row(settings: Settings, row: list[str], header: list[str],
+                currency_of: Callable[[str], str], seen: set[str]) -> NewAccount:
     if len(row) != len(header):
         raise CommandError(f"expected {len(header)} columns, got {len(row)}")
     account_id, plan, balance = (c.strip() for c in row[:3])
     if not account_id:
         raise CommandError("empty id")
+    account_arg(account_id)
     if account_id in seen:
         raise CommandError(f"duplicate id {account_id!r}")
     seen.add(account_id)
     threshold = row[3].strip() if len(row) > 3 and row[3].strip() else "0"
     return NewAccount(account_id, plan, currency_of(plan),
-                      amount_arg("balance", balance, allow_negative=True),
-                      amount_arg("low_balance_threshold", threshold))
+                      amount_arg(settings, "balance", balance, "signed"),
+                      amount_arg(settings, "low_balance_threshold", threshold, "non_negative"))
 
 
 async def cmd_import(settings: Settings, out: TextIO, path: Path) -> int:

@@ -116,7 +116,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, An
         return rate_command(settings.tariffs_dir, args.plan, sys.stdin, out)
     if args.verb == "run":
         from engine.assembly import serve
+        from engine.payments import require_provider
 
+        require_provider(settings)  # refused before anything starts: one line, exit 2
         return serve(settings)
     if args.verb == "dev":
         from demo.dev import dev_command

@@ -32,6 +32,7 @@ from rating.stores.sessions import MAX_TTL_SECONDS, SessionStore
 DEMO_BALANCE = parse_amount("8.00")
 DEMO_THRESHOLD = parse_amount("5.00")
 DEMO_RECHARGE = parse_amount("20.00")
+DEV_PAYMENTS = "succeed"
 
 
 async def create_demo_accounts(store: AccountStore, engine: Engine, count: int) -> list[str]:
@@ -103,7 +104,10 @@ async def start_dev(engine: Engine, options: argparse.Namespace,
 
 
 def dev_command(settings: Settings, options: argparse.Namespace) -> int:
-    """``rating-engine dev``: the engine with demo accounts and simulated traffic."""
+    """``rating-engine dev``: the engine with demo accounts and simulated traffic.
+
+    Card payments are simulated: ``succeed`` unless RATING_PAYMENT_SIMULATION says otherwise.
+    """
     try:
         parse_rate(options.rate)
     except ValueError as exc:
@@ -111,6 +115,8 @@ def dev_command(settings: Settings, options: argparse.Namespace) -> int:
     if options.reservations and settings.switch_token is None:
         # The simulated switch needs a credential; one for this run only.
         settings = replace(settings, switch_token=secrets.token_urlsafe(18))
+    settings = replace(settings,
+                       payment_simulation=settings.payment_simulation or DEV_PAYMENTS)
 
     async def on_started(engine: Engine,
                          stack: contextlib.AsyncExitStack) -> list[asyncio.Task[None]]:

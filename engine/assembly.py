@@ -38,6 +38,7 @@ from consumers.recharge_worker import RechargeWorker
 from consumers.reservation_sweeper import ReservationSweeper
 from consumers.tariff_watcher import TariffWatcher
 from consumers.usage_consumer import UsageConsumer
+from engine.payments import announce_provider, configured_provider
 from engine.quiet_logs import quiet_repeated_client_lines
 from engine.services import (
     Endpoints,
@@ -48,7 +49,6 @@ from engine.services import (
 )
 from engine.supervision import check_listen, keep_running, listen_error
 from rating.payments.provider import PaymentProvider
-from rating.payments.simulated import SimulatedProvider
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore
 from rating.stores.db import connection, create_pool
@@ -102,8 +102,10 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None,
                 stop: asyncio.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); return the exit status.
 
-    ``provider`` replaces the simulated one ``settings`` describe (tests hold theirs).
+    ``provider`` replaces the one ``settings`` configure (tests hold theirs); with neither,
+    the engine refuses to start before anything starts.
     """
+    provider = provider or configured_provider(settings)  # none: refused before anything
     quiet_repeated_client_lines()
     check_listen(settings.http_host, settings.metrics_port, "RATING_METRICS_PORT")
     check_listen(settings.http_host, settings.http_port, "RATING_HTTP_PORT")
@@ -162,7 +164,7 @@ def _start_metrics(settings: Settings) -> tuple[Any, int]:
 
 async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Pool,
                           producer: AIOKafkaProducer, tariffs: TariffStore,
-                          on_started: OnStarted | None, provider: PaymentProvider | None,
+                          on_started: OnStarted | None, provider: PaymentProvider,
                           stop: asyncio.Event) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -194,7 +196,7 @@ async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Poo
         engine.http_port = extras.http_port
         tasks += extras.tasks
         await joining  # "running" once both consumer groups are joined, as before
-        _announce(engine, extras.http_port)
+        _announce(engine, extras.http_port, provider)
         added = [] if on_started is None else await on_started(engine, stack)
         stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
         watched: list[asyncio.Task[object]] = [stopper, *tasks, *added]
@@ -236,15 +238,13 @@ class Extras:
 
 
 async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack,
-                        stop: asyncio.Event, provider: PaymentProvider | None) -> Extras:
+                        stop: asyncio.Event, provider: PaymentProvider) -> Extras:
     """The recharge worker and the HTTP API."""
     # Imported here: the HTTP stack takes a while to import, and the usage consumer
     # joins its group meanwhile.
     from api.accounts import HttpApi
     from api.reservations import ReservationApi
 
-    if provider is None:
-        provider = SimulatedProvider.from_spec(engine.settings.payment_simulation)
     store = AccountStore(engine.pool)
     policy = RechargePolicy(retry_delays_s=engine.settings.recharge_retry_seconds,
                             sweep_every_s=engine.settings.recharge_sweep_seconds)
@@ -279,7 +279,7 @@ def reservation_store(pool: asyncpg.Pool, settings: Settings) -> ReservationStor
                             grace_seconds=settings.reservation_grace_seconds)
 
 
-def _announce(engine: Engine, http_port: int) -> None:
+def _announce(engine: Engine, http_port: int, provider: PaymentProvider) -> None:
     ends = engine.endpoints
     lines = [
         "rating engine running",
@@ -293,6 +293,7 @@ def _announce(engine: Engine, http_port: int) -> None:
         f"  billing page   http://127.0.0.1:{http_port}/billing"
         "   (a customer's link: rating-engine accounts portal-link ID)",
         f"  tariffs        {engine.settings.tariffs_dir}",
+        f"  payments       {announce_provider(engine.settings, provider)}",
         "  stop with Ctrl-C (or SIGTERM)",
     ]
     print("\n".join(lines), file=sys.stderr, flush=True)

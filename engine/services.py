@@ -13,9 +13,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from engine.embedded import EmbeddedBroker, EmbeddedPostgres
-from rating.core.errors import BrokerUnavailable
+from rating.core.errors import BrokerUnavailable, SchemaOutdated
 from rating.settings import Settings, SettingsError
-from rating.stores.migrations import migrate
+from rating.stores.migrations import migrate, pending_migrations
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,17 @@ async def database_url(settings: Settings) -> AsyncIterator[tuple[str, int | Non
         return
     async with EmbeddedPostgres(settings.data_dir / "postgres") as pg:
         yield pg.dsn, pg.pid
+
+
+@contextlib.asynccontextmanager
+async def migrate_database_url(settings: Settings) -> AsyncIterator[tuple[str, int | None]]:
+    """Where ``rating-engine migrate`` connects: RATING_MIGRATE_DATABASE_URL, else the
+    engine's own database (configured or embedded)."""
+    if settings.migrate_database_url is not None:
+        yield settings.migrate_database_url, None
+        return
+    async with database_url(settings) as found:
+        yield found
 
 
 @contextlib.asynccontextmanager
@@ -71,8 +82,24 @@ async def endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
 
 
 async def migrate_database(pool: asyncpg.Pool) -> None:
+    """Apply the migrations not applied yet; with none pending, change nothing.
+
+    The engine may run as a role that can only read and write rows
+    (deploy/postgres/grants.sql): it starts when the schema is up to date, and
+    refuses to (``SchemaOutdated``, one line) when a migration it may not apply is pending.
+    """
     async with pool.acquire() as conn:
-        await migrate(conn)
+        pending = await pending_migrations(conn)
+        if not pending:
+            return
+        try:
+            await migrate(conn)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
+            raise SchemaOutdated(
+                f"the database lacks migrations ({names}) that this role may not apply:"
+                " run `rating-engine migrate` first (with RATING_MIGRATE_DATABASE_URL naming"
+                " a role that owns the schema)") from exc
 
 
 async def ensure_topics(bootstrap: str, topics: dict[str, int], *,

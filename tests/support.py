@@ -169,6 +169,8 @@ def engine_env(settings: Settings, **extra: str) -> dict[str, str]:
         "RATING_BALANCE_TOPIC": settings.balance_topic,
         "RATING_CONSUMER_GROUP": settings.consumer_group,
         "RATING_RECHARGE_GROUP": settings.recharge_group,
+        # `run` refuses to start without a payment provider; tests use the simulated one.
+        "RATING_PAYMENT_SIMULATION": settings.payment_simulation or "succeed",
     })
     env.update(extra)
     return env

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -48,6 +49,7 @@ async def test_import_reports_every_bad_row_by_line_and_creates_nothing(
 
 async def test_cli_topup_is_idempotent(settings: Settings, pool: asyncpg.Pool,
                                        tmp_path: Path) -> None:
+    settings = replace(settings, payment_simulation="succeed")
     csv = tmp_path / "a.csv"
     csv.write_text("id,plan,balance\nacct-1,standard,1\n")
     await cmd_import(settings, io.StringIO(), csv)

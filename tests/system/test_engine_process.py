@@ -167,7 +167,7 @@ def _children(pid: int) -> list[psutil.Process]:
 async def test_embedded_services_leave_no_process_behind(tmp_path: Path, how: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RATING_")}
     env.update({"RATING_DATA_DIR": str(tmp_path / "data"), "RATING_METRICS_PORT": "0",
-                "RATING_HTTP_PORT": "0"})
+                "RATING_HTTP_PORT": "0", "RATING_PAYMENT_SIMULATION": "succeed"})
     log = tmp_path / "engine.log"
     engine = start_engine(env, log)
     try:
@@ -226,7 +226,8 @@ async def test_accounts_create_and_show_with_embedded_postgres_survive_a_restart
 async def test_bad_configuration_fails_with_one_clear_line(
         tmp_path: Path, variables: dict[str, str], needle: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RATING_")}
-    env.update({"RATING_DATA_DIR": str(tmp_path / "data"), **variables})
+    env.update({"RATING_DATA_DIR": str(tmp_path / "data"),
+                "RATING_PAYMENT_SIMULATION": "succeed", **variables})
     result = run_cli(env, "run")
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
