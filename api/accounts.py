@@ -7,10 +7,10 @@ Errors are ``{"error": {"code", "message"}}`` with a 4xx/5xx status (api/http_js
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -20,7 +20,7 @@ from api.audit_trail import audit_writes
 from api.billing_page import BillingPage
 from api.explain import DlqSearch, ExplainRoutes
 from api.http_json import (
-    amount_field,
+    RETRY_AFTER_SECONDS,
     errors_as_json,
     field,
     int_query,
@@ -29,10 +29,13 @@ from api.http_json import (
     since_query,
 )
 from api.http_metrics import request_metrics
+from api.openapi_doc import openapi_document
 from api.operator import OperatorRoutes
 from api.recharge_fields import recharge_limits
+from api.request_values import Amounts, account_ids, idempotency_key, reason_field
 from api.reservations import ReservationApi
 from rating.core.errors import ApiError
+from rating.core.identifiers import credit_key
 from rating.core.money import format_amount
 from rating.core.quote import authorize
 from rating.core.tariff import SERVICES
@@ -47,6 +50,7 @@ from rating.stores.sessions import SessionStore
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
 
+log = logging.getLogger(__name__)
 Readiness = Callable[[], Awaitable[dict[str, bool]]]
 # Beside the package in a source checkout; in the working directory in the image.
 OPENAPI_CANDIDATES = (Path(__file__).resolve().parent.parent / "schemas" / "openapi.json",
@@ -83,6 +87,7 @@ class HttpApi:
         self._settings = settings
         self._readiness = readiness
         self._sessions = SessionStore(store.pool)
+        self._amounts = Amounts(settings.max_amount)
         self._runner: web.AppRunner | None = None
         self._closed = False
         self.port: int | None = None
@@ -94,7 +99,8 @@ class HttpApi:
         app = web.Application(
             middlewares=[request_metrics, audit_writes(self._store.pool), errors_as_json,
                          access_control(authenticator, https_only=(
-                             self._settings.public_url or "").startswith("https://"))],
+                             self._settings.public_url or "").startswith("https://")),
+                         account_ids],
             client_max_size=64 * 1024)
         account = "/v1/accounts/{account_id}"
         app.router.add_get("/healthz", self.healthz, allow_head=False)
@@ -154,12 +160,19 @@ class HttpApi:
         return json_response({"status": "ok"})
 
     async def readyz(self, _request: web.Request) -> web.Response:
+        """Which dependency is down, by name; why is for the logs, not for the caller."""
         try:
             checks = await self._readiness()
-        except Exception as exc:
-            return json_response({"ready": False, "checks": {}, "error": str(exc)}, 503)
+        except Exception:
+            log.exception("readiness check failed")
+            checks = {}
         ready = bool(checks) and all(checks.values())
-        return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
+        if ready:
+            return json_response({"ready": True, "checks": checks})
+        down = sorted(name for name, ok in checks.items() if not ok) or ["readiness"]
+        response = json_response({"ready": False, "checks": checks, "down": down}, 503)
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+        return response
 
     async def openapi(self, _request: web.Request) -> web.Response:
         for path in OPENAPI_CANDIDATES:
@@ -167,7 +180,8 @@ class HttpApi:
                 body = path.read_bytes()
             except OSError:
                 continue
-            return web.Response(body=body, content_type="application/json")
+            return web.Response(body=openapi_document(body, self._settings.max_amount),
+                                content_type="application/json")
         raise ApiError(404, "not_found", "openapi.json is not installed")
 
     # --- reads ---
@@ -216,10 +230,8 @@ class HttpApi:
     @requires(CUSTOMER)
     async def topup(self, request: web.Request) -> web.Response:
         body = await json_body(request)
-        amount = amount_field(body, "amount")
-        key = self._idempotency_key(request, body)
-        if amount <= 0:
-            raise ApiError(422, "invalid_amount", "amount: must be greater than zero")
+        amount = self._amounts.field(body, "amount", "positive")
+        key = idempotency_key(request, body)
         result = await self._topups.topup(request.match_info["account_id"], amount, key)
         status = 202 if result.status == "pending" else 201 if result.credited else 200
         return json_response({"status": result.status, "credited": result.credited,
@@ -234,11 +246,8 @@ class HttpApi:
         enabled = field(body, "enabled", bool)
         amount = below = None
         if enabled:
-            amount, below = amount_field(body, "amount"), amount_field(body, "below")
-            if amount <= 0:
-                raise ApiError(422, "invalid_amount", "amount: must be greater than zero")
-            if below < 0:
-                raise ApiError(422, "invalid_amount", "below: must not be negative")
+            amount = self._amounts.field(body, "amount", "positive")
+            below = self._amounts.field(body, "below", "non_negative")
         # Optional, unchanged when absent; set before the recharge turning it on may ask.
         await recharge_limits(self._store.pool, account_id, body)
         account = await self._store.set_auto_recharge(account_id, amount=amount, below=below)
@@ -255,31 +264,13 @@ class HttpApi:
     @requires(OPERATOR)
     async def adjust(self, request: web.Request) -> web.Response:
         body = await json_body(request)
-        amount = amount_field(body, "amount")
-        reason = field(body, "reason", str).strip()
-        key = self._idempotency_key(request, body)
-        if amount == 0 or not reason:
-            raise ApiError(422, "invalid_adjustment",
-                           "an adjustment needs a non-zero amount and a reason")
+        amount = self._amounts.field(body, "amount", "non_zero")
+        reason = reason_field(body)
+        key = idempotency_key(request, body)
         account_id = request.match_info["account_id"]
         result = await self._store.credit(account_id, kind="adjustment", source="adjustment",
-                                          key=f"{account_id}/{key}", amount=amount,
+                                          key=credit_key(account_id, key), amount=amount,
                                           reason=reason)
         return json_response({"applied": result.applied, "entry_id": result.entry_id,
                               "account": account_json(result.account)},
                              201 if result.applied else 200)
-
-    @staticmethod
-    def _idempotency_key(request: web.Request, body: dict[str, Any]) -> str:
-        in_body = field(body, "idempotency_key", str, required=False)
-        in_header = request.headers.get("Idempotency-Key")
-        if in_body is not None and in_header is not None and in_body != in_header:
-            raise ApiError(400, "invalid_field",
-                           "idempotency_key and the Idempotency-Key header differ")
-        key = in_body if in_body is not None else in_header
-        if not key or len(key) > 255:
-            raise ApiError(400, "missing_field",
-                           "idempotency_key (or an Idempotency-Key header) of 1-255"
-                           " characters is required")
-        return key
-

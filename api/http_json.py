@@ -16,11 +16,28 @@ from aiohttp import web
 
 from rating.core.errors import ApiError, RatingError, RequestError, TransientError, UnknownAccount
 from rating.core.money import parse_amount
+from rating.stores.db import is_transient
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+# A 503 says when to ask again, and only which dependency is down: host names and
+# library words stay in the logs.
+RETRY_AFTER_SECONDS = "5"
+_UNAVAILABLE = {
+    "store_unavailable": "the database is unavailable; retry later",
+    "broker_unavailable": "the message broker is unavailable; retry later",
+    "payment_unavailable": "the payment provider did not answer; retry with the same"
+                           " idempotency key",
+}
+
+
+def unavailable_response(code: str) -> web.Response:
+    message = _UNAVAILABLE.get(code, "a dependency is unavailable; retry later")
+    response = error_response(503, code, message)
+    response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
 
 
 def json_response(body: object, status: int = 200) -> web.Response:
@@ -36,8 +53,6 @@ def _status_of(exc: RatingError) -> int:
         return 404
     if isinstance(exc, RequestError):
         return exc.status
-    if isinstance(exc, TransientError):
-        return 503
     return 422
 
 
@@ -58,9 +73,16 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except TransientError as exc:
+        log.warning("%s %s: %s", request.method, request.path, exc.message)
+        return unavailable_response(exc.code)
     except RatingError as exc:
         return error_response(_status_of(exc), exc.code, exc.message)
-    except Exception:
+    except Exception as exc:
+        if is_transient(exc):  # the database dropped, refused or timed out
+            log.warning("%s %s: database unavailable (%s: %s)", request.method, request.path,
+                        type(exc).__name__, exc)
+            return unavailable_response("store_unavailable")
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error")
 

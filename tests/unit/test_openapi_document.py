@@ -1,0 +1,83 @@
+"""schemas/openapi.json states the rules the server enforces, from the same constants."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+
+from api.accounts import OPENAPI_CANDIDATES
+from api.openapi_doc import AMOUNT_RULE_KEY, openapi_document, with_amount_bounds
+from api.request_values import BODY_KEY_PATTERN, HEADER_KEY_PATTERN, REASON_PATTERN
+from rating.core.amount_rules import AmountRule
+from rating.core.identifiers import ACCOUNT_ID_PATTERN, MAX_REASON_LENGTH
+from rating.core.money import DEFAULT_MAX_AMOUNT
+
+RAW = OPENAPI_CANDIDATES[0].read_bytes()
+DOC: dict[str, Any] = orjson.loads(RAW)
+SCHEMAS = DOC["components"]["schemas"]
+
+
+def operations() -> list[tuple[str, str, dict[str, Any]]]:
+    return [(path, method, op) for path, item in DOC["paths"].items()
+            for method, op in item.items() if method != "parameters"]
+
+
+def test_the_file_holds_the_default_bounds_so_serving_it_by_default_changes_nothing() -> None:
+    assert with_amount_bounds(copy.deepcopy(DOC), DEFAULT_MAX_AMOUNT) == DOC
+    marked = {name: s[AMOUNT_RULE_KEY] for name, s in SCHEMAS.items() if AMOUNT_RULE_KEY in s}
+    assert marked == {"PositiveAmount": "positive", "NonNegativeAmount": "non_negative",
+                      "NonZeroAmount": "non_zero"}
+
+
+def test_a_configured_maximum_is_the_bound_served() -> None:
+    served = orjson.loads(openapi_document(RAW, 250_000_000))
+    pattern = served["components"]["schemas"]["PositiveAmount"]["pattern"]
+    assert pattern == AmountRule("positive", 250_000_000).pattern()
+    assert "at most 250.000000" in served["components"]["schemas"]["PositiveAmount"][
+        "description"]
+
+
+def test_request_fields_carry_the_server_rules() -> None:
+    assert SCHEMAS["AccountId"]["pattern"] == ACCOUNT_ID_PATTERN
+    assert SCHEMAS["Reason"]["pattern"] == REASON_PATTERN
+    assert SCHEMAS["Reason"]["maxLength"] == MAX_REASON_LENGTH
+    assert SCHEMAS["IdempotencyKey"]["pattern"] == BODY_KEY_PATTERN
+    amounts = {
+        "TopupRequest": SCHEMAS["TopupRequest"]["properties"]["amount"],
+        "AutoRecharge.amount": SCHEMAS["AutoRechargeRequest"]["oneOf"][0]["properties"][
+            "amount"],
+        "AutoRecharge.below": SCHEMAS["AutoRechargeRequest"]["oneOf"][0]["properties"]["below"],
+        "Adjustment": SCHEMAS["AdjustmentRequest"]["properties"]["amount"],
+    }
+    assert {name: ref["$ref"].rpartition("/")[2] for name, ref in amounts.items()} == {
+        "TopupRequest": "PositiveAmount", "AutoRecharge.amount": "PositiveAmount",
+        "AutoRecharge.below": "NonNegativeAmount", "Adjustment": "NonZeroAmount"}
+    for path, _method, op in operations():
+        for param in op.get("parameters", []):
+            if param["name"] == "Idempotency-Key":
+                assert param["schema"]["pattern"] == HEADER_KEY_PATTERN, path
+    for path, item in DOC["paths"].items():
+        if "{account_id}" in path:
+            [param] = [p for p in item["parameters"] if p["name"] == "account_id"]
+            assert param["schema"] == {"$ref": "#/components/schemas/AccountId"}, path
+
+
+@pytest.mark.parametrize(("path", "method", "op"), operations(),
+                         ids=[f"{m.upper()} {p}" for p, m, _ in operations()])
+def test_every_v1_call_needs_a_bearer_token_and_says_what_it_answers(
+        path: str, method: str, op: dict[str, Any]) -> None:
+    assert DOC["security"] == [{"bearer": []}]
+    assert DOC["components"]["securitySchemes"]["bearer"] == {"type": "http",
+                                                              "scheme": "bearer"}
+    if not path.startswith("/v1/"):
+        assert op["security"] == []  # the probes and this document are open
+        return
+    assert op.get("security", DOC["security"]) == [{"bearer": []}]
+    assert {"401", "403", "404", "503"} <= set(op["responses"])
+    if "requestBody" in op:
+        assert {"400", "413", "422"} <= set(op["responses"])
+    retry_after = DOC["components"]["responses"]["E503"]["headers"]["Retry-After"]
+    assert retry_after["required"] is True
