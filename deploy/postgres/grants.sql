@@ -1,0 +1,17 @@
+-- Least privilege, step 2 of 2: what the engine's role may do. Run as rating_owner after
+-- the first `rating-engine migrate` (running it again changes nothing):
+--     psql "$RATING_MIGRATE_DATABASE_URL" -v ON_ERROR_STOP=1 -f deploy/postgres/grants.sql
+--
+-- The engine reads and writes rows: SELECT, INSERT and UPDATE (SELECT ... FOR UPDATE
+-- needs UPDATE). It is never granted DELETE, TRUNCATE, REFERENCES, TRIGGER or any DDL,
+-- and it may not UPDATE the ledger (append-only: the triggers of migrations 0001 and
+-- 0005 refuse UPDATE, DELETE and TRUNCATE even to the owner) nor write
+-- schema_migrations (it reads it to see that no migration is pending; with one pending,
+-- `run` stops and says to run `rating-engine migrate`).
+GRANT USAGE ON SCHEMA public TO rating_engine;
+GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO rating_engine;
+REVOKE UPDATE ON ledger FROM rating_engine;
+REVOKE INSERT, UPDATE ON schema_migrations FROM rating_engine;
+-- Tables that later migrations create (as rating_owner) get the same rows-only grants.
+ALTER DEFAULT PRIVILEGES FOR ROLE rating_owner IN SCHEMA public
+    GRANT SELECT, INSERT, UPDATE ON TABLES TO rating_engine;
