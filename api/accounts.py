@@ -32,7 +32,13 @@ from api.http_metrics import request_metrics
 from api.openapi_doc import openapi_document
 from api.operator import OperatorRoutes
 from api.recharge_fields import recharge_limits
-from api.request_values import Amounts, account_ids, idempotency_key, reason_field
+from api.request_values import (
+    Amounts,
+    account_ids,
+    check_authorize_query,
+    idempotency_key,
+    reason_field,
+)
 from api.reservations import ReservationApi
 from rating.core.errors import ApiError
 from rating.core.identifiers import credit_key
@@ -218,6 +224,7 @@ class HttpApi:
 
     @requires(SWITCH)
     async def authorize(self, request: web.Request) -> web.Response:
+        check_authorize_query(request.query)
         account = await self._store.get(request.match_info["account_id"])
         try:
             decision = authorize(account, self._tariffs.book, dict(request.query))

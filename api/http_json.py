@@ -7,6 +7,7 @@ raised it (an ``ApiError``, aiohttp's routing, a ``RatingError``, or a bug).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -124,19 +125,27 @@ def amount_field(body: dict[str, Any], name: str) -> int:
 def int_query(request: web.Request, name: str, default: int | None, low: int,
                high: int) -> int | None:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:  # given but empty is not an integer: refused as the document says
         return default
     if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise ApiError(400, "invalid_query", f"{name}: expected an integer {low}..{high}")
     return int(raw)
 
 
+# RFC 3339 date-time (JSON Schema's "date-time"): a date, T, a time and an offset.
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+                      r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})", re.ASCII)
+
+
 def since_query(request: web.Request) -> datetime | None:
     raw = request.query.get("since")
-    if not raw:
+    if raw is None:
         return None
+    text = raw.replace(" ", "+")  # a '+' sent unencoded arrives as a space
     try:
-        when = datetime.fromisoformat(raw.replace(" ", "+"))
+        if not _RFC3339.fullmatch(text):
+            raise ValueError(text)
+        when = datetime.fromisoformat(text.upper())
     except ValueError:
         raise ApiError(400, "invalid_query", "since: expected an RFC 3339 time") from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -9,6 +9,7 @@ what the server refuses, the document does not allow.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +35,11 @@ BODY_KEY_PATTERN = rf"^[^\u0000]{{1,{MAX_IDEMPOTENCY_KEY_LENGTH}}}$"
 # In the Idempotency-Key header: visible ASCII, spaces inside (HTTP trims the ends).
 HEADER_KEY_PATTERN = rf"^[!-~](?:[ -~]{{0,{MAX_IDEMPOTENCY_KEY_LENGTH - 2}}}[!-~])?$"
 _HEADER_KEY = re.compile(HEADER_KEY_PATTERN)
+# A number in the authorize query: E.164, its '+' sent encoded, as a space (an unencoded
+# '+'), or left out.
+NUMBER_PATTERN = r"^[+ ]?[0-9]{6,15}$"
+_NUMBER = re.compile(NUMBER_PATTERN, re.ASCII)
+DIRECTIONS = ("inbound", "outbound")
 
 
 @web.middleware
@@ -84,3 +90,15 @@ def idempotency_key(request: web.Request, body: dict[str, Any]) -> str:
                              " other keys go in the body's idempotency_key",
                              code="invalid_text")
     return check_text("idempotency_key", key, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+
+
+def check_authorize_query(query: Mapping[str, str]) -> None:
+    """Every parameter given is checked, whether or not the service uses it."""
+    for name in ("destination", "number"):
+        value = query.get(name)
+        if value is not None and not _NUMBER.fullmatch(value):
+            raise ApiError(400, "invalid_query",
+                           f"{name}: expected an E.164 number such as +442071234567")
+    direction = query.get("direction")
+    if direction is not None and direction not in DIRECTIONS:
+        raise ApiError(400, "invalid_query", "direction: expected inbound or outbound")

@@ -10,7 +10,13 @@ import pytest
 
 from api.accounts import OPENAPI_CANDIDATES
 from api.openapi_doc import AMOUNT_RULE_KEY, openapi_document, with_amount_bounds
-from api.request_values import BODY_KEY_PATTERN, HEADER_KEY_PATTERN, REASON_PATTERN
+from api.request_values import (
+    BODY_KEY_PATTERN,
+    DIRECTIONS,
+    HEADER_KEY_PATTERN,
+    NUMBER_PATTERN,
+    REASON_PATTERN,
+)
 from rating.core.amount_rules import AmountRule
 from rating.core.identifiers import ACCOUNT_ID_PATTERN, MAX_REASON_LENGTH
 from rating.core.money import DEFAULT_MAX_AMOUNT
@@ -59,6 +65,14 @@ def test_request_fields_carry_the_server_rules() -> None:
         for param in op.get("parameters", []):
             if param["name"] == "Idempotency-Key":
                 assert param["schema"]["pattern"] == HEADER_KEY_PATTERN, path
+    query = {p["name"]: p["schema"] for p in
+             DOC["paths"]["/v1/accounts/{account_id}/authorize"]["get"]["parameters"]}
+    assert query["destination"]["pattern"] == query["number"]["pattern"] == NUMBER_PATTERN
+    assert tuple(query["direction"]["enum"]) == DIRECTIONS
+    ledger = {p["name"]: p["schema"] for p in
+              DOC["paths"]["/v1/accounts/{account_id}/ledger"]["get"]["parameters"]}
+    assert (ledger["limit"]["minimum"], ledger["limit"]["maximum"]) == (1, 500)
+    assert (ledger["before"]["minimum"], ledger["before"]["maximum"]) == (1, 2**63 - 1)
     for path, item in DOC["paths"].items():
         if "{account_id}" in path:
             [param] = [p for p in item["parameters"] if p["name"] == "account_id"]
