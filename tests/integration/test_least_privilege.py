@@ -26,10 +26,12 @@ from rating.core.money import parse_amount
 from rating.core.rate import Charge
 from rating.payments.simulated import SimulatedProvider
 from rating.settings import Settings
+from rating.stores import audit
 from rating.stores.accounts import AccountStore, NewAccount
 from rating.stores.ledger import RatedUsage, apply_usage
 from rating.stores.migrations import available_migrations
 from rating.stores.recharges import RechargePolicy, RechargeService
+from rating.stores.sessions import SessionStore
 from rating.stores.topups import TopupService
 from tests.support import REPO, create_topics, engine_env, ledger_explains_balances
 
@@ -136,6 +138,11 @@ async def test_the_engine_role_does_the_engines_work_and_nothing_else(
             == "succeeded"
         await store.credit("acct-1", kind="adjustment", source="adjustment", key="acct-1/a1",
                            amount=parse_amount("-1"), reason="support")
+        issued = await SessionStore(pool).issue("acct-1", issued_by="operator")
+        assert await SessionStore(pool).account_of(issued.token) == "acct-1"
+        await audit.record(pool, actor="operator", action="topup", account_id="acct-1",
+                           outcome="201", detail={})
+        assert len(await audit.entries(pool, account_id="acct-1")) == 1
         await create_topics(settings, kafka_bootstrap)
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
         await producer.start()
@@ -148,6 +155,7 @@ async def test_the_engine_role_does_the_engines_work_and_nothing_else(
 
         for forbidden in ("UPDATE ledger SET amount = 0", "DELETE FROM ledger",
                           "TRUNCATE ledger", "TRUNCATE outbox", "DELETE FROM accounts",
+                          "UPDATE audit_log SET outcome = 'x'", "DELETE FROM audit_log",
                           "CREATE TABLE mine (x int)", "DROP TABLE outbox",
                           "ALTER TABLE accounts DROP CONSTRAINT accounts_id_charset",
                           "INSERT INTO schema_migrations (version, name) VALUES (999, 'x')",
