@@ -92,7 +92,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
     raw = await request.read()
-    if allow_empty and not raw.strip():
+    if allow_empty and not raw:  # no body at all; whitespace is not JSON, as the document says
         return {}
     try:
         body = orjson.loads(raw)
@@ -112,6 +112,15 @@ def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ApiError(400, "invalid_field", f"{name}: expected {kind.__name__}")
     return value
+
+
+def int_field(body: dict[str, Any], name: str) -> int:
+    """An integer, as JSON Schema counts them: ``1.0`` is the integer 1 (never a bool)."""
+    value = body.get(name)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    result: int = field(body, name, int)
+    return result
 
 
 def amount_field(body: dict[str, Any], name: str) -> int:

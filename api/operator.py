@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.access import OPERATOR, principal_of, requires
-from api.http_json import field, int_query, json_body, json_response
+from api.http_json import int_field, int_query, json_body, json_response
 from rating.settings import Settings
 from rating.stores import audit
 from rating.stores.accounts import AccountStore
@@ -48,7 +48,7 @@ class OperatorRoutes:
         body = await json_body(request, allow_empty=True)
         ttl = DEFAULT_TTL_SECONDS
         if "ttl_seconds" in body:
-            ttl = field(body, "ttl_seconds", int)
+            ttl = int_field(body, "ttl_seconds")
         issued = await self._sessions.issue(request.match_info["account_id"], ttl_seconds=ttl,
                                             issued_by=principal_of(request).name)
         return json_response(session_json(issued, self._base_url(request)), 201)

@@ -75,6 +75,8 @@ def reason_field(body: dict[str, Any], name: str = "reason") -> str:
 
 def idempotency_key(request: web.Request, body: dict[str, Any]) -> str:
     """The key from the body or the ``Idempotency-Key`` header (equal if both are given)."""
+    if "idempotency_key" in body and body["idempotency_key"] is None:
+        raise ApiError(400, "invalid_field", "idempotency_key: expected str, got null")
     in_body = field(body, "idempotency_key", str, required=False)
     in_header = request.headers.get("Idempotency-Key")
     if in_body is not None and in_header is not None and in_body != in_header:

@@ -261,3 +261,31 @@ async def test_outages_answer_503_with_retry_after_and_no_library_words(
         await api.close()
         await proxy.cut()
         pool.terminate()
+
+
+async def test_what_fuzzing_found_stays_fixed(server: Server) -> None:
+    base = "/v1/accounts/acct-1"
+    refused = [
+        ("GET", f"{base}/usage?since=", None, None),  # empty: not a date-time
+        ("GET", f"{base}/usage?since=2026-01-01", None, None),  # a date, no time
+        ("GET", f"{base}/ledger?limit=", None, None),
+        ("GET", f"{base}/authorize?service=stt&direction=null", None, None),
+        ("GET", f"{base}/authorize?service=stt&destination=12ab", None, None),
+        ("POST", f"{base}/topups", {"amount": "1", "idempotency_key": None},
+         {"Idempotency-Key": "k"}),
+        ("POST", f"{base}/sessions", None, None),  # whitespace is not JSON: raw below
+    ]
+    for method, path, body, headers in refused:
+        raw = b" \n" if path.endswith("/sessions") else None
+        status, answer, _ = await server.call(method, path, body, headers=headers, raw=raw)
+        assert status == 400, (path, answer)
+    accepted = [
+        ("GET", f"{base}/ledger?before={2**63 - 1}", None),
+        ("GET", f"{base}/usage?since=2026-01-01T00:00:00%2B01:00", None),
+        ("GET", f"{base}/usage?since=2026-01-01t00:00:00z", None),
+        ("POST", f"{base}/sessions", {"ttl_seconds": 60.0}),  # JSON Schema's integer 60
+    ]
+    for method, path, body in accepted:
+        status, answer, _ = await server.call(method, path, body)
+        assert status in (200, 201), (path, answer)
+    assert server.provider.charge_calls == 0
