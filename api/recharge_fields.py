@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from api.http_json import field
+from api.http_json import int_field
 from rating.core.errors import ApiError, InvalidRequest
 from rating.core.money import parse_amount
 from rating.stores.recharge_settings import (
@@ -22,9 +22,9 @@ T = TypeVar("T")
 
 
 def _alert_thresholds(body: dict[str, Any]) -> tuple[int, ...] | None:
-    values = body.get("alert_thresholds")
-    if values is None:
+    if "alert_thresholds" not in body:
         return None
+    values = body["alert_thresholds"]  # null is not an array: refused, as documented
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ApiError(400, "invalid_field",
                        "alert_thresholds: expected an array of decimal strings")
@@ -44,8 +44,11 @@ def _checked(check: Callable[[], T]) -> T:
 
 async def recharge_limits(pool: asyncpg.Pool, account_id: str, body: dict[str, Any]) -> None:
     """Validate both fields first, then apply those present (absent: unchanged)."""
-    max_per_day = field(body, "max_per_day", int, required=False)
-    if max_per_day is not None:
+    max_per_day = None
+    if "max_per_day" in body:  # an integer as JSON Schema counts them (1.0 too), never null
+        if body["max_per_day"] is None:
+            raise ApiError(400, "invalid_field", "max_per_day: expected int, got null")
+        max_per_day = int_field(body, "max_per_day")
         _checked(lambda: check_max_per_day(max_per_day))
     thresholds = _alert_thresholds(body)
     if max_per_day is not None:

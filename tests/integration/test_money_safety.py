@@ -274,6 +274,8 @@ async def test_what_fuzzing_found_stays_fixed(server: Server) -> None:
         ("POST", f"{base}/topups", {"amount": "1", "idempotency_key": None},
          {"Idempotency-Key": "k"}),
         ("POST", f"{base}/sessions", None, None),  # whitespace is not JSON: raw below
+        ("PUT", f"{base}/auto-recharge", {"enabled": False, "max_per_day": None}, None),
+        ("PUT", f"{base}/auto-recharge", {"enabled": False, "alert_thresholds": None}, None),
     ]
     for method, path, body, headers in refused:
         raw = b" \n" if path.endswith("/sessions") else None
@@ -284,6 +286,7 @@ async def test_what_fuzzing_found_stays_fixed(server: Server) -> None:
         ("GET", f"{base}/usage?since=2026-01-01T00:00:00%2B01:00", None),
         ("GET", f"{base}/usage?since=2026-01-01t00:00:00z", None),
         ("POST", f"{base}/sessions", {"ttl_seconds": 60.0}),  # JSON Schema's integer 60
+        ("PUT", f"{base}/auto-recharge", {"enabled": False, "max_per_day": 3.0}),
     ]
     for method, path, body in accepted:
         status, answer, _ = await server.call(method, path, body)
