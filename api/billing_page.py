@@ -151,7 +151,8 @@ class BillingPage:
         account_id = principal_of(request).account_id
         assert account_id is not None
         account = await self._reads.store.get(account_id)
-        amount, problem = field_error(body.get("amount"), account.currency)
+        amount, problem = field_error(body.get("amount"), account.currency,
+                                      self._settings.max_amount)
         if amount is None:
             raise ApiError(422, "invalid_amount", f"amount: {problem}")
         try:
@@ -183,8 +184,9 @@ class BillingPage:
             await store.set_auto_recharge(account_id, amount=None, below=None)
             return json_response(await self._state(request))
         account = await store.get(account_id)
-        amount, amount_problem = field_error(body.get("amount"), account.currency)
-        below, below_problem = field_error(body.get("below"), account.currency)
+        limit = self._settings.max_amount  # RATING_MAX_AMOUNT, as on the API
+        amount, amount_problem = field_error(body.get("amount"), account.currency, limit)
+        below, below_problem = field_error(body.get("below"), account.currency, limit)
         if amount is None or below is None:
             problems = {name: problem for name, problem in
                         (("amount", amount_problem), ("below", below_problem)) if problem}

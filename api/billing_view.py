@@ -11,7 +11,7 @@ from typing import Any
 from api.account_billing import AccountBilling
 from rating.core.currency import display_amount, display_money, presets_for
 from rating.core.errors import PaymentUnavailable
-from rating.core.money import DEFAULT_MAX_AMOUNT, format_amount, parse_amount
+from rating.core.money import format_amount, parse_amount
 from rating.core.tariff import SERVICES
 from rating.payments.provider import PaymentMethod
 from rating.settings import Settings
@@ -286,7 +286,7 @@ async def billing_view(reads: AccountBilling, settings: Settings, account_id: st
                                 currency)),
         payments=payments,
         presets=[Money(p, currency) for p in presets_for(currency, dict(settings.topup_presets))],
-        max_amount=Money(DEFAULT_MAX_AMOUNT, currency),
+        max_amount=Money(settings.max_amount, currency),
         usage=usage,
         usage_total=Money(sum(u.debited.micros for u in usage), currency),
         entries=entries, month=month, month_label=since.strftime("%B %Y"),
