@@ -70,7 +70,8 @@ def csv_row(e: LedgerEntry) -> list[str]:
 
 
 def month_query(request: web.Request) -> str:
-    month = request.query.get("month") or billing_reads.this_month()
+    given = request.query.get("month")  # given but empty is not YYYY-MM: refused
+    month = billing_reads.this_month() if given is None else given
     try:
         billing_reads.month_bounds(month)
     except ValueError:

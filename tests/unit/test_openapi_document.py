@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from api.request_values import (
 from rating.core.amount_rules import AmountRule
 from rating.core.identifiers import ACCOUNT_ID_PATTERN, MAX_REASON_LENGTH
 from rating.core.money import DEFAULT_MAX_AMOUNT
+from rating.stores.billing_reads import month_bounds
 
 RAW = OPENAPI_CANDIDATES[0].read_bytes()
 DOC: dict[str, Any] = orjson.loads(RAW)
@@ -95,3 +97,17 @@ def test_every_v1_call_needs_a_bearer_token_and_says_what_it_answers(
         assert {"400", "413", "422"} <= set(op["responses"])
     retry_after = DOC["components"]["responses"]["E503"]["headers"]["Retry-After"]
     assert retry_after["required"] is True
+
+
+def test_the_ledger_csv_month_pattern_is_the_months_the_server_reads() -> None:
+    [param] = DOC["paths"]["/v1/accounts/{account_id}/ledger.csv"]["get"]["parameters"]
+    pattern = re.compile(param["schema"]["pattern"])
+    for year in [*range(0, 30), *range(990, 1010), *range(9980, 10000)]:
+        for month in range(0, 14):
+            text = f"{year:04d}-{month:02d}"
+            try:
+                month_bounds(text)
+                readable = True
+            except ValueError:
+                readable = False
+            assert (pattern.fullmatch(text) is not None) is readable, text
