@@ -55,7 +55,8 @@ class ExplainRoutes:
 
     @requires(CUSTOMER)
     async def statement(self, request: web.Request) -> web.Response:
-        month = request.query.get("month") or current_month()
+        given = request.query.get("month")  # given but empty is not YYYY-MM: refused
+        month = current_month() if given is None else given
         wants = request.query.get("format")
         if wants not in (None, "json", "csv"):
             raise ApiError(400, "invalid_query", "format: expected json or csv")

@@ -276,6 +276,7 @@ async def test_what_fuzzing_found_stays_fixed(server: Server) -> None:
         ("POST", f"{base}/sessions", None, None),  # whitespace is not JSON: raw below
         ("GET", f"{base}/ledger.csv?month=", None, None),
         ("GET", f"{base}/ledger.csv?month=0000-00", None, None),
+        ("GET", f"{base}/statement?month=", None, None),
         ("PUT", f"{base}/auto-recharge", {"enabled": False, "max_per_day": None}, None),
         ("PUT", f"{base}/auto-recharge", {"enabled": False, "alert_thresholds": None}, None),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -19,9 +20,11 @@ from api.request_values import (
     REASON_PATTERN,
 )
 from rating.core.amount_rules import AmountRule
+from rating.core.errors import InvalidRequest
 from rating.core.identifiers import ACCOUNT_ID_PATTERN, MAX_REASON_LENGTH
 from rating.core.money import DEFAULT_MAX_AMOUNT
 from rating.stores.billing_reads import month_bounds
+from rating.stores.statements import month_bounds as statement_month_bounds
 
 RAW = OPENAPI_CANDIDATES[0].read_bytes()
 DOC: dict[str, Any] = orjson.loads(RAW)
@@ -99,15 +102,19 @@ def test_every_v1_call_needs_a_bearer_token_and_says_what_it_answers(
     assert retry_after["required"] is True
 
 
-def test_the_ledger_csv_month_pattern_is_the_months_the_server_reads() -> None:
-    [param] = DOC["paths"]["/v1/accounts/{account_id}/ledger.csv"]["get"]["parameters"]
+@pytest.mark.parametrize(("path", "bounds"), [
+    ("/v1/accounts/{account_id}/ledger.csv", month_bounds),
+    ("/v1/accounts/{account_id}/statement", statement_month_bounds)])
+def test_month_patterns_are_the_months_the_server_reads(
+        path: str, bounds: Callable[[str], object]) -> None:
+    [param] = [p for p in DOC["paths"][path]["get"]["parameters"] if p["name"] == "month"]
     pattern = re.compile(param["schema"]["pattern"])
     for year in [*range(0, 30), *range(990, 1010), *range(9980, 10000)]:
         for month in range(0, 14):
             text = f"{year:04d}-{month:02d}"
             try:
-                month_bounds(text)
+                bounds(text)
                 readable = True
-            except ValueError:
+            except (ValueError, InvalidRequest):
                 readable = False
             assert (pattern.fullmatch(text) is not None) is readable, text
