@@ -42,7 +42,7 @@ from tests.support import ledger_explains_balances, write_flat_tariffs
 
 TOKEN = "fuzz-operator-token"
 ACCOUNT = "acct-fuzz.1"
-EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 25}
+EXAMPLES = {GenerationMode.POSITIVE: 35, GenerationMode.NEGATIVE: 20}
 CHECKS: dict[GenerationMode, list[CheckFunction]] = {
     mode: [checks.status_code_conformance, checks.content_type_conformance,
            checks.response_headers_conformance, checks.response_schema_conformance]
@@ -149,7 +149,7 @@ async def test_the_api_answers_as_its_document_says_to_fuzzed_requests(
 
     by_status = collections.Counter(status for (_op, _mode, status) in tally.statuses.elements())
     print(f"\nfuzz: {tally.requests} requests; statuses {dict(sorted(by_status.items()))}")
-    assert tally.requests >= 300
+    assert tally.requests >= 500
     # The fuzzing reached the logic: money moved, and the ledger explains every balance.
     reached = {op for (op, mode, status) in tally.statuses if status < 300}
     assert {"POST /v1/accounts/{account_id}/topups",
