@@ -121,7 +121,7 @@ async def test_a_credit_past_the_balance_bound_charges_nothing_and_credits_nothi
     await store.create(NewAccount("rich", "flat", "EUR", BALANCE_BOUND - parse_amount("0.50")))
     status, body, _ = await server.call("POST", "/v1/accounts/rich/topups",
                                         {"amount": "1.00", "idempotency_key": "k1"})
-    assert (status, body["error"]["code"]) == (422, "balance_out_of_bounds")
+    assert (status, body["error"]["code"]) == (422, "balance_out_of_range")
     assert server.provider.charge_calls == 0
     assert await server.pool.fetchval("SELECT count(*) FROM topup_payments") == 0
     # The store refuses too (defence in depth): nothing written, whichever way it is asked.
@@ -131,7 +131,7 @@ async def test_a_credit_past_the_balance_bound_charges_nothing_and_credits_nothi
     await store.create(NewAccount("poor", "flat", "EUR", -BALANCE_BOUND + 1))
     status, body, _ = await server.call("POST", "/v1/accounts/poor/adjustments", {
         "amount": "-0.000002", "reason": "one too many", "idempotency_key": "k3"})
-    assert (status, body["error"]["code"]) == (422, "balance_out_of_bounds")
+    assert (status, body["error"]["code"]) == (422, "balance_out_of_range")
     assert await server.pool.fetchval("SELECT count(*) FROM ledger") == 0
     assert await server.balance("rich") == BALANCE_BOUND - parse_amount("0.50")
     # Opening balances past the bound are never stored either.
