@@ -31,11 +31,13 @@ from schemathesis.specs.openapi import checks
 
 from api.accounts import OPENAPI_CANDIDATES, HttpApi
 from api.openapi_doc import openapi_document
+from api.reservations import ReservationApi
 from rating.core.money import parse_amount
 from rating.payments.simulated import SimulatedProvider
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore, NewAccount
 from rating.stores.recharges import RechargePolicy
+from rating.stores.reservations import ReservationStore
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
 from tests.support import ledger_explains_balances, write_flat_tariffs
@@ -59,10 +61,14 @@ async def served(settings: Settings, pool: asyncpg.Pool,
     async def readiness() -> dict[str, bool]:
         return {"database": True, "kafka": True, "tariffs": True}
 
-    api = HttpApi(store=AccountStore(pool),
-                  tariffs=TariffStore(write_flat_tariffs(tmp_path / "tariffs")),
+    tariffs = TariffStore(write_flat_tariffs(tmp_path / "tariffs"))
+    reservations = ReservationStore(pool, cap_seconds=configured.reservation_seconds,
+                                    grace_seconds=configured.reservation_grace_seconds)
+    # Every route of the document is served, the reservations' too.
+    api = HttpApi(store=AccountStore(pool), tariffs=tariffs,
                   topups=TopupService(pool, provider, RechargePolicy(settle_poll_s=0.1)),
-                  settings=configured, readiness=readiness)
+                  settings=configured, readiness=readiness,
+                  reservations=ReservationApi(reservations, tariffs))
     await api.start()
     await AccountStore(pool).create(NewAccount(ACCOUNT, "flat", "EUR", parse_amount("50")))
     try:
@@ -85,12 +91,20 @@ class Tally:
             self.statuses[(case.operation.label, mode.value, status)] += 1
 
 
+STATEFUL_REFUSALS = {(409, "idempotency_conflict"), (409, "reservation_closed"),
+                     (404, "unknown_reservation"), (402, "insufficient_credit"),
+                     (422, "no_rate")}
+
+
 def refusal_explained(case: Case, response: requests.Response) -> bool:
     code = response.json()["error"]["code"]
     body = case.body if isinstance(case.body, dict) else {}
     query = case.query or {}
-    if response.status_code == 409:  # the key was used before with another amount
-        return code == "idempotency_conflict"
+    # What earlier requests did, or what the tariff prices, which no schema can state:
+    # a key used before with another amount, a reservation closed, released or unknown,
+    # a balance that covers no increment, a number the plan does not price.
+    if (response.status_code, code) in STATEFUL_REFUSALS:
+        return True
     if (response.status_code, code) == (400, "missing_field"):  # a key in neither place
         return "idempotency_key" not in body and "Idempotency-Key" not in (case.headers or {})
     if (response.status_code, code) == (400, "invalid_field"):  # both keys, different

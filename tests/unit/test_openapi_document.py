@@ -21,6 +21,7 @@ from api.request_values import (
 )
 from rating.core.amount_rules import AmountRule
 from rating.core.errors import InvalidRequest
+from rating.core.events import MAX_KEY_LENGTH
 from rating.core.identifiers import ACCOUNT_ID_PATTERN, MAX_REASON_LENGTH
 from rating.core.money import DEFAULT_MAX_AMOUNT
 from rating.stores.billing_reads import month_bounds
@@ -70,6 +71,10 @@ def test_request_fields_carry_the_server_rules() -> None:
         for param in op.get("parameters", []):
             if param["name"] == "Idempotency-Key":
                 assert param["schema"]["pattern"] == HEADER_KEY_PATTERN, path
+    for branch in SCHEMAS["ReservationRequest"]["oneOf"]:  # the usage events' key rule
+        for key in ("source", "call_id"):
+            assert branch["properties"][key]["pattern"] == (
+                rf"^[^\u0000]{{1,{MAX_KEY_LENGTH}}}$")
     query = {p["name"]: p["schema"] for p in
              DOC["paths"]["/v1/accounts/{account_id}/authorize"]["get"]["parameters"]}
     assert query["destination"]["pattern"] == query["number"]["pattern"] == NUMBER_PATTERN
