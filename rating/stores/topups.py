@@ -19,6 +19,7 @@ from rating.core.errors import (
     InvalidRequest,
     PaymentDeclined,
     PaymentUnavailable,
+    RatingError,
 )
 from rating.core.identifiers import check_account_id, check_text, credit_key
 from rating.core.money import BALANCE_BOUND, format_amount
@@ -163,7 +164,9 @@ class TopupService:
     async def _set_aside(self, row: asyncpg.Record, exc: Exception) -> None:
         """Mark a top-up whose settling failed; it is asked again after a growing delay."""
         self.settle_failures += 1
-        error = f"{type(exc).__name__}: {exc}"
+        # The engine's own errors by their stable code, anything else by its type.
+        kind = exc.code if isinstance(exc, RatingError) else type(exc).__name__
+        error = f"{kind}: {exc}"
         await self._pool.execute(
             "UPDATE topup_payments SET failures = failures + 1, last_error = $3,"
             " next_check_at = now() + least(3600, 60 * power(2, failures)) * interval '1 second',"

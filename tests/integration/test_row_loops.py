@@ -129,12 +129,13 @@ async def test_a_topup_that_cannot_be_credited_does_not_block_the_next(
         pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture) -> None:
     store = AccountStore(pool)
     await store.create_many(NewAccount(a, "standard", "EUR") for a in ("acct-a", "acct-b"))
-    # acct-a is a micro-unit below the bound: its top-up cannot land.
-    await pool.execute("UPDATE accounts SET opening_balance = $1, balance = $1"
-                       " WHERE id = 'acct-a'", BALANCE_BOUND - 1)
     topups = TopupService(pool, SimulatedProvider("delay:0.3"), FAST)
     assert (await topups.topup("acct-a", parse_amount("5"), "k")).status == "pending"
     assert (await topups.topup("acct-b", parse_amount("5"), "k")).status == "pending"
+    # While its payment is pending, acct-a comes to a micro-unit below the bound (a
+    # top-up is refused up front when it would not fit): now its credit cannot land.
+    await pool.execute("UPDATE accounts SET opening_balance = $1, balance = $1"
+                       " WHERE id = 'acct-a'", BALANCE_BOUND - 1)
     await asyncio.sleep(0.4)
     with caplog.at_level(logging.DEBUG, logger="rating.stores.topups"):
         assert await topups.settle_pending() == 1  # acct-b, behind acct-a
