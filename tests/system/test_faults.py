@@ -359,7 +359,8 @@ async def test_a_busy_port_fails_start_up_with_one_line_naming_it(
         port = taken.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RATING_")}
         env.update({"RATING_DATA_DIR": str(tmp_path / "data"), "RATING_HTTP_HOST": "127.0.0.1",
-                    "RATING_HTTP_PORT": "0", "RATING_METRICS_PORT": "0", variable: str(port)})
+                    "RATING_HTTP_PORT": "0", "RATING_METRICS_PORT": "0",
+                    "RATING_PAYMENT_SIMULATION": "succeed", variable: str(port)})
         result = subprocess.run([*ENGINE, "run"], env=env, cwd=REPO, capture_output=True,
                                 text=True, timeout=120, check=False)
     assert result.returncode == 2
