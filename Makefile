@@ -23,6 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check rating consumers api engine commands demo tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy bench  # the benchmarks are scripts, not a package
 	$(BIN)/lint-imports
 
 bench: $(STAMP)

@@ -155,6 +155,7 @@ async def pipeline_figures(pool: asyncpg.Pool, source: str, sent: int) -> dict[s
                percentile_cont(0.99) WITHIN GROUP (ORDER BY recorded_at - event_time) AS p99
         FROM ledger WHERE event_source = $1
         """, source)
+    assert row is not None  # an aggregate always has its row
     return {"n": row["n"], "per_s": row["n"] / max(float(row["span"] or 0), 1e-9),
             "p50": row["p50"].total_seconds(), "p99": row["p99"].total_seconds()}
 
@@ -255,12 +256,14 @@ async def run(args: argparse.Namespace, work: Path) -> Results:
                 sent = await usage
                 results.loaded = await pipeline_figures(pool, SOURCE_USAGE, sent)
                 await asyncio.sleep(1)
-                results.leftover = dict(await pool.fetchrow(
+                leftover = await pool.fetchrow(
                     "SELECT count(*) FILTER (WHERE status = 'open') AS open,"
                     " count(*) FILTER (WHERE status = 'final') AS final,"
                     " count(*) FILTER (WHERE status = 'released') AS released,"
                     " (SELECT sum(held) FROM accounts) AS held"
-                    " FROM reservations WHERE event_source = $1", SOURCE_SWITCH))
+                    " FROM reservations WHERE event_source = $1", SOURCE_SWITCH)
+                assert leftover is not None  # an aggregate always has its row
+                results.leftover = dict(leftover)
                 await client.close()
             finally:
                 await engine.close()

@@ -81,7 +81,8 @@ class _Probe:
 async def _engine_child_main(config: dict[str, Any]) -> int:
     from consumers import metrics
     from consumers.usage_consumer import Polled, UsageConsumer
-    from engine.assembly import kafka_producer, load_tariff_store
+    from engine.assembly import load_tariff_store
+    from engine.services import kafka_producer
 
     # Tuning variables (RATING_BATCH_MAX_EVENTS, RATING_FETCH_MAX_WAIT_MS, ...) apply as
     # they would to the engine; the services, topics and group are the benchmark's own.
