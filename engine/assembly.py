@@ -47,7 +47,7 @@ from engine.services import (
     kafka_producer,
     migrate_database,
 )
-from engine.supervision import check_listen, keep_running, listen_error
+from engine.supervision import ShutdownDeadline, check_listen, keep_running, listen_error
 from rating.payments.provider import PaymentProvider
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore
@@ -110,6 +110,9 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None,
     check_listen(settings.http_host, settings.metrics_port, "RATING_METRICS_PORT")
     check_listen(settings.http_host, settings.http_port, "RATING_HTTP_PORT")
     loading = asyncio.create_task(asyncio.to_thread(TariffStore, settings.tariffs_dir))
+    # The grace lets the batch in flight finish; the rest of the shutdown (leaving the
+    # groups, closing the API, the pool and embedded servers) takes seconds more.
+    deadline = ShutdownDeadline(settings.shutdown_grace_seconds + _CLOSING_S)
     try:
         async with endpoints(settings) as ends:
             pool = await create_pool(ends.database_url, max_size=10)
@@ -123,10 +126,11 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None,
                     gc.freeze()  # see load_tariff_store
                     status = await _run_components(settings, ends, pool, producer, tariffs,
                                                    on_started, provider,
-                                                   stop or asyncio.Event())
+                                                   stop or asyncio.Event(), deadline)
             finally:
                 await pool.close()
     finally:
+        deadline.cancel()
         if not loading.done():
             loading.cancel()
         with contextlib.suppress(BaseException):
@@ -162,13 +166,17 @@ def _start_metrics(settings: Settings) -> tuple[Any, int]:
     return server, int(server.server_port)
 
 
+# How long the shutdown may take beyond the grace before the process ends anyway.
+_CLOSING_S = 20
+
+
 async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Pool,
                           producer: AIOKafkaProducer, tariffs: TariffStore,
                           on_started: OnStarted | None, provider: PaymentProvider,
-                          stop: asyncio.Event) -> int:
+                          stop: asyncio.Event, deadline: ShutdownDeadline) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, deadline.signalled, stop)
     async with contextlib.AsyncExitStack() as stack:
         # The consumer first: its group join is most of the time to the first commit,
         # and the rest starts meanwhile (migrations first: it consumes once they are done).

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import faulthandler
 import logging
+import os
 import socket
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -45,6 +49,63 @@ async def keep_running(name: str, run: Callable[[], Awaitable[None]],
             await sleep_unless(stopping, delay)
             if stopping.is_set():
                 return
+
+
+class ShutdownDeadline:
+    """Once SIGTERM or Ctrl-C has asked the engine to stop, it is gone within
+    ``limit_s`` whatever hangs, and a second signal ends it at once.
+
+    Stopping hard loses nothing (it is what SIGKILL does: the events whose offsets
+    were not committed are delivered again, and the ledger keeps each once), but an
+    engine that never exits blocks a deployment. Before it goes, it writes where each
+    thread and each task was stuck, so the cause can be found.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self._limit_s = limit_s
+        self._timer: threading.Timer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def signalled(self, stop: asyncio.Event) -> None:
+        """The signal handler: the first signal asks to stop, the next one ends it."""
+        if self._timer is not None:
+            self._exit("asked again to stop: stopping now, without finishing the batch in"
+                       " flight (its events are delivered again)")
+        stop.set()
+        self._loop = asyncio.get_running_loop()
+        self._timer = threading.Timer(self._limit_s, self._expired)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expired(self) -> None:  # on the timer's thread
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            # The tasks' stacks are read on the loop's own thread (if it still turns).
+            done = threading.Event()
+            loop.call_soon_threadsafe(_write_task_stacks, done)
+            done.wait(2.0)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        self._exit(f"shutdown did not finish within {self._limit_s:.0f} s (stacks above):"
+                   " stopping now (events not committed are delivered again)")
+
+    @staticmethod
+    def _exit(reason: str) -> None:
+        print(f"rating engine stopped: {reason}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def _write_task_stacks(done: threading.Event) -> None:
+    try:
+        for task in asyncio.all_tasks():
+            print(f"task {task.get_name()}:", file=sys.stderr)
+            task.print_stack(limit=12, file=sys.stderr)
+        sys.stderr.flush()
+    finally:
+        done.set()
 
 
 def check_listen(host: str, port: int, port_variable: str) -> None:
