@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 class Engine:
     settings: Settings
     endpoints: Endpoints
-    pool: asyncpg.Pool
+    pool: asyncpg.Pool  # the API's (Pools.api)
+    background_pool: asyncpg.Pool  # the relay's, the recharge worker's, the sweeper's
     producer: AIOKafkaProducer
     tariffs: TariffStore
     consumer: UsageConsumer
@@ -115,7 +116,7 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None,
     deadline = ShutdownDeadline(settings.shutdown_grace_seconds + _CLOSING_S)
     try:
         async with endpoints(settings) as ends:
-            pool = await create_pool(ends.database_url, max_size=10)
+            pools = await _create_pools(ends.database_url)
             try:
                 await ensure_topics(ends.kafka_bootstrap, {
                     settings.usage_topic: settings.topic_partitions, settings.dlq_topic: 1,
@@ -124,11 +125,11 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None,
                 async with kafka_producer(ends.kafka_bootstrap) as producer:
                     tariffs = await loading
                     gc.freeze()  # see load_tariff_store
-                    status = await _run_components(settings, ends, pool, producer, tariffs,
+                    status = await _run_components(settings, ends, pools, producer, tariffs,
                                                    on_started, provider,
                                                    stop or asyncio.Event(), deadline)
             finally:
-                await pool.close()
+                await pools.close()
     finally:
         deadline.cancel()
         if not loading.done():
@@ -170,7 +171,33 @@ def _start_metrics(settings: Settings) -> tuple[Any, int]:
 _CLOSING_S = 20
 
 
-async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Pool,
+@dataclass(frozen=True)
+class Pools:
+    """The engine's PostgreSQL connections, in three pools so that no part can starve
+    another: however many API requests wait in the database (a burst of reservations
+    on one account, say), usage is billed and balance events are relayed meanwhile.
+    17 connections per engine in all."""
+
+    api: asyncpg.Pool  # the HTTP API and the billing page: 10
+    background: asyncpg.Pool  # migrations, relay, recharge worker, sweeper, watcher: 4
+    usage: asyncpg.Pool  # the usage consumer: a debit in flight, the next lookup, the DLQ: 3
+
+    async def close(self) -> None:
+        for pool in (self.usage, self.background, self.api):
+            await pool.close()
+
+
+async def _create_pools(dsn: str) -> Pools:
+    api = await create_pool(dsn, max_size=10)
+    try:
+        return Pools(api, await create_pool(dsn, max_size=4),
+                     await create_pool(dsn, max_size=3))
+    except BaseException:
+        await api.close()  # the others fail the same way: nothing else to close
+        raise
+
+
+async def _run_components(settings: Settings, ends: Endpoints, pools: Pools,
                           producer: AIOKafkaProducer, tariffs: TariffStore,
                           on_started: OnStarted | None, provider: PaymentProvider,
                           stop: asyncio.Event, deadline: ShutdownDeadline) -> int:
@@ -180,7 +207,8 @@ async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Poo
     async with contextlib.AsyncExitStack() as stack:
         # The consumer first: its group join is most of the time to the first commit,
         # and the rest starts meanwhile (migrations first: it consumes once they are done).
-        consumer = UsageConsumer(settings, ends.kafka_bootstrap, pool, tariffs, producer)
+        pool = pools.background
+        consumer = UsageConsumer(settings, ends.kafka_bootstrap, pools.usage, tariffs, producer)
         stack.push_async_callback(consumer.close)
         joining = asyncio.create_task(consumer.start())
         migrated = asyncio.create_task(migrate_database(pool))
@@ -199,7 +227,8 @@ async def _run_components(settings: Settings, ends: Endpoints, pool: asyncpg.Poo
                             retention_s=settings.outbox_retention_hours * 3600.0)
         tasks.append(asyncio.create_task(keep_running("outbox-relay", relay.run, stop),
                                          name="outbox-relay"))
-        engine = Engine(settings, ends, pool, producer, tariffs, consumer, relay, metrics_port)
+        engine = Engine(settings, ends, pools.api, pool, producer, tariffs, consumer, relay,
+                        metrics_port)
         extras = await _start_extras(engine, stack, stop, provider)
         engine.http_port = extras.http_port
         tasks += extras.tasks
@@ -269,8 +298,9 @@ async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack,
         raise listen_error(engine.settings.http_host, engine.settings.http_port,
                            "RATING_HTTP_PORT", exc) from None
     stack.push_async_callback(api.close)
-    sweeper = ReservationSweeper(reservations)
-    worker = RechargeWorker(engine.settings, engine.endpoints.kafka_bootstrap, engine.pool,
+    sweeper = ReservationSweeper(reservation_store(engine.background_pool, engine.settings))
+    worker = RechargeWorker(engine.settings, engine.endpoints.kafka_bootstrap,
+                            engine.background_pool,
                             provider, policy=policy)
     stack.push_async_callback(worker.close)
     await worker.start()  # joins its own group while the usage consumer joins its own

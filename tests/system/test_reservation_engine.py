@@ -18,7 +18,14 @@ from engine.embedded import free_port
 from rating.core.money import parse_amount
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore, NewAccount
-from tests.support import create_topics, engine_env, wait_until, write_flat_tariffs
+from tests.support import (
+    create_topics,
+    engine_env,
+    publish_with_librdkafka,
+    usage_event,
+    wait_until,
+    write_flat_tariffs,
+)
 from tests.system.test_engine_process import _metric_total, start_engine, wait_for_log
 
 pytestmark = pytest.mark.system
@@ -70,6 +77,59 @@ async def test_a_vanished_switch_gets_its_credit_back_from_the_running_engine(
         assert _metric_total(configured.metrics_port, "rating_reservations_expired_total") == 10
         assert await pool.fetchval(
             "SELECT count(*) FROM reservations WHERE status = 'expired'") == 10
+    finally:
+        engine.send_signal(signal.SIGTERM)
+        code = engine.wait(60)
+    assert code == 0, log.read_text()[-3000:]
+
+
+async def test_api_requests_stuck_in_the_database_never_stall_billing(
+        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Thirty reservations wait on one account's row lock, holding every connection the
+    API may have; usage of another account is billed meanwhile."""
+    configured = replace(settings, http_port=free_port(), metrics_port=free_port(),
+                         tariffs_dir=write_flat_tariffs(tmp_path / "tariffs"))
+    await create_topics(configured, kafka_bootstrap)
+    store = AccountStore(pool)
+    for account in ("acct-busy", "acct-calling"):
+        await store.create(NewAccount(account, "flat", "EUR", parse_amount("100.00")))
+    log = tmp_path / "engine.log"
+    engine = start_engine(engine_env(configured, RATING_SWITCH_TOKEN="switch-secret"), log)
+    base = f"http://127.0.0.1:{configured.http_port}/v1/accounts/acct-busy"
+    try:
+        await wait_for_log(log, "rating engine running", engine)
+        async with pool.acquire() as locker, aiohttp.ClientSession() as http:
+            lock = locker.transaction()
+            await lock.start()
+            await locker.execute("SELECT 1 FROM accounts WHERE id = 'acct-busy' FOR UPDATE")
+
+            async def reserve(n: int) -> int:
+                async with http.post(f"{base}/reservations", json={**CALL, "call_id": f"c-{n}"},
+                                     headers=SWITCH) as response:
+                    return response.status
+
+            reserving = [asyncio.create_task(reserve(n)) for n in range(30)]
+
+            async def waiting_on_the_lock() -> bool:
+                return int(await pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%reservation_open%'")) >= 10
+
+            await wait_until(waiting_on_the_lock, timeout_s=30,
+                             what="the API's connections to wait on the lock")
+            publish_with_librdkafka(kafka_bootstrap, configured.usage_topic, [(
+                "acct-calling", usage_event("usage.call", "e-1", "acct-calling", {
+                    "call_id": "call-1", "destination": "+442071234567",
+                    "from_s": 0, "to_s": 60}))])
+
+            async def billed() -> bool:
+                return bool(await pool.fetchval(
+                    "SELECT count(*) FROM ledger WHERE account_id = 'acct-calling'"))
+
+            await wait_until(billed, timeout_s=30, what="the usage to be billed")
+            assert not any(task.done() for task in reserving)  # still waiting on the lock
+            await lock.rollback()
+            assert sorted(set(await asyncio.gather(*reserving))) == [201]
     finally:
         engine.send_signal(signal.SIGTERM)
         code = engine.wait(60)
