@@ -38,6 +38,7 @@ from consumers.recharge_worker import RechargeWorker
 from consumers.reservation_sweeper import ReservationSweeper
 from consumers.tariff_watcher import TariffWatcher
 from consumers.usage_consumer import UsageConsumer
+from engine.loop_lag import watch_loop_lag
 from engine.payments import announce_provider, configured_provider
 from engine.quiet_logs import quiet_repeated_client_lines
 from engine.services import (
@@ -227,6 +228,7 @@ async def _run_components(settings: Settings, ends: Endpoints, pools: Pools,
                             retention_s=settings.outbox_retention_hours * 3600.0)
         tasks.append(asyncio.create_task(keep_running("outbox-relay", relay.run, stop),
                                          name="outbox-relay"))
+        tasks.append(asyncio.create_task(watch_loop_lag(stop), name="loop-lag"))
         engine = Engine(settings, ends, pools.api, pool, producer, tariffs, consumer, relay,
                         metrics_port)
         extras = await _start_extras(engine, stack, stop, provider)

@@ -48,6 +48,7 @@ def exported_names() -> set[str]:
     import consumers.recharge_worker
     import consumers.reservation_sweeper
     import consumers.tariff_watcher  # noqa: F401  (registers its metrics on import)
+    import engine.loop_lag  # noqa: F401  (registers its metrics on import)
 
     suffixes = {
         "counter": ("_total", "_created"),

@@ -142,10 +142,13 @@ async def test_sigterm_finishes_the_batch_commits_and_exits_zero(
         await wait_for_log(log, "rating engine running", engine)
         await asyncio.sleep(6)  # group join plus a few polls
         consumed = _metric_total(port, "rating_events_consumed_total")
+        # The event loop's lag is sampled while it runs (four times a second).
+        loop_samples = _metric_total(port, "rating_event_loop_lag_seconds_count")
     finally:
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(60) == 0
     assert consumed == 0
+    assert loop_samples >= 10
     assert await pool.fetchval("SELECT count(*) FROM ledger") == 400
 
 
