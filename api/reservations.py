@@ -25,7 +25,7 @@ from rating.core.errors import (
     UnknownAccount,
     UnknownReservation,
 )
-from rating.core.events import MAX_KEY_LENGTH
+from rating.core.events import CREDIT_SOURCES, MAX_KEY_LENGTH
 from rating.core.money import format_amount
 from rating.core.pricing import TimedRate
 from rating.core.rate import call_rate_for
@@ -83,6 +83,9 @@ def _number(body: dict[str, Any], name: str) -> str:
 def call_leg(body: dict[str, Any]) -> CallLeg:
     """The body of a reserve request, checked; ``ApiError`` (400) names the first problem."""
     source, call_id = _key(body, "source"), _key(body, "call_id")
+    if source in CREDIT_SOURCES:  # its usage events would be refused: nothing could settle
+        raise ApiError(400, "invalid_field",
+                       f"source: {source!r} names the engine's own credits, not a switch")
     service = field(body, "service", str)
     if service == "call":
         return CallLeg(source, call_id, "call", _number(body, "destination"))

@@ -150,6 +150,11 @@ def _text(obj: dict[str, Any], key: str, where: str) -> str:
 # than failing the batch's transaction every time. ``subject`` is an account id and
 # must follow the account-id rule (CONTRACT §8), which the accounts table enforces too.
 MAX_KEY_LENGTH = 256
+# The sources of the engine's own ledger rows: card top-ups, automatic recharges and
+# operators' adjustments are keyed (source, idempotency key) in the ledger's key space.
+# A usage event claiming one of them could take the key of a credit still to come, and
+# a card already charged could then not be credited: such an event is refused.
+CREDIT_SOURCES = frozenset({"topup", "recharge", "adjustment"})
 # Subjects seen to be valid: most events name an account seen a moment ago, and a set
 # lookup costs a small fraction of the pattern match. Cleared when full.
 _VALID_SUBJECTS: set[str] = set()
@@ -162,6 +167,9 @@ def _check_keys(event_id: str, source: str, subject: str) -> None:
             raise _invalid(f"{key}: longer than {MAX_KEY_LENGTH} characters")
         if "\x00" in value:
             raise _invalid(f"{key}: must not contain U+0000")
+    if source in CREDIT_SOURCES:
+        raise _invalid(f"source: {source!r} names the engine's own credits (top-ups,"
+                       " recharges, adjustments), not a voice switch")
     if not is_account_id(subject):
         raise _invalid(f"subject: not an account id ({ACCOUNT_ID_RULE}): {subject[:140]!r}")
     if len(_VALID_SUBJECTS) >= _VALID_SUBJECTS_MAX:
@@ -378,7 +386,8 @@ def decode_usage_event(raw: bytes | bytearray | memoryview | str) -> UsageEvent:
     ):
         event_id, source, subject = (_text(obj, key, "") for key in ("id", "source", "subject"))
     if (len(event_id) > MAX_KEY_LENGTH or len(source) > MAX_KEY_LENGTH
-            or "\x00" in event_id or "\x00" in source or subject not in _VALID_SUBJECTS):
+            or "\x00" in event_id or "\x00" in source or subject not in _VALID_SUBJECTS
+            or source in CREDIT_SOURCES):
         _check_keys(event_id, source, subject)
     event_type = obj.get("type")
     decoder = _DECODERS.get(event_type) if type(event_type) is str else None

@@ -137,6 +137,7 @@ async def test_inbound_toll_free_minutes_are_reserved_too(api: Api) -> None:
     ({**CALL, "call_id": ""}, 400, "invalid_field"),
     ({**CALL, "call_id": "x" * 257}, 400, "invalid_field"),
     ({**CALL, "source": "a\x00b"}, 400, "invalid_field"),
+    ({**CALL, "source": "topup"}, 400, "invalid_field"),  # the engine's own credits
     ({**CALL, "source": 7}, 400, "invalid_field"),
     ({**CALL, "destination": "442071234567"}, 400, "invalid_field"),
     ({**CALL, "destination": "+8823401234567"}, 422, "no_rate"),

@@ -149,6 +149,11 @@ def with_envelope(**changes: Any) -> bytes:
         (with_envelope(id="e" * 257), "invalid_event", "id"),
         (with_envelope(source="s" * 257), "invalid_event", "source"),
         (with_envelope(subject="a" * 257), "invalid_event", "subject"),
+        # The engine's own credits are keyed (source, key) in the ledger too: a usage
+        # event under their source could take a credit's key before it lands.
+        (with_envelope(source="topup"), "invalid_event", "source"),
+        (with_envelope(source="recharge"), "invalid_event", "source"),
+        (with_envelope(source="adjustment"), "invalid_event", "source"),
         # The account-id rule (CONTRACT §8): 1-128 of A-Z a-z 0-9 . _ : -
         (with_envelope(subject="a" * 129), "invalid_event", "subject"),
         (with_envelope(subject="a/b"), "invalid_event", "subject"),
@@ -246,3 +251,12 @@ def test_events_are_frozen() -> None:
     assert isinstance(decoded, CallUsage)
     with pytest.raises(AttributeError):
         decoded.to_s = 1  # type: ignore[misc]
+
+
+def test_the_refused_sources_are_those_of_every_credit_the_stores_write() -> None:
+    from typing import get_args
+
+    from rating.core.events import CREDIT_SOURCES
+    from rating.stores.accounts import CreditKind
+
+    assert CREDIT_SOURCES == frozenset(get_args(CreditKind))
