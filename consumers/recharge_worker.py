@@ -104,12 +104,14 @@ class RechargeWorker:
         self.stopping = asyncio.Event()
         # Outcomes of the balance.low events this worker handled (also in metrics).
         self.handled: collections.Counter[str] = collections.Counter()
+        self._starting = False
         self._started = False
         self._closed = False
 
     async def start(self) -> None:
         if self._closed:
             raise RuntimeError("recharge worker is closed")
+        self._starting = True  # a start cancelled half-way still needs its stop()
         await self._consumer.start()
         self._started = True
 
@@ -122,7 +124,7 @@ class RechargeWorker:
             return
         self._closed = True
         self.stopping.set()
-        if self._started:
+        if self._starting:
             await self._consumer.stop()
 
     async def __aenter__(self) -> RechargeWorker:

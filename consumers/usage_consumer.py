@@ -90,6 +90,7 @@ class UsageConsumer:
         self._halt = asyncio.Event()
         # Per partition, the first offset this member has read but not committed.
         self._uncommitted: dict[TopicPartition, int] = {}
+        self._starting = False
         self._started = False
         self._closed = False
         self.batches_committed = 0
@@ -99,6 +100,7 @@ class UsageConsumer:
     async def start(self) -> None:
         if self._closed:
             raise RuntimeError("usage consumer is closed")
+        self._starting = True  # a start cancelled half-way still needs its stop()
         await self._consumer.start()
         self._started = True
 
@@ -320,5 +322,5 @@ class UsageConsumer:
         if self._closed:
             return
         self._closed = True
-        if self._started:
+        if self._starting:
             await self._consumer.stop()

@@ -48,7 +48,14 @@ from engine.services import (
     kafka_producer,
     migrate_database,
 )
-from engine.supervision import ShutdownDeadline, check_listen, keep_running, listen_error
+from engine.supervision import (
+    ShutdownDeadline,
+    StoppedWhileStarting,
+    check_listen,
+    keep_running,
+    listen_error,
+    until_stopped,
+)
 from rating.payments.provider import PaymentProvider
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore
@@ -115,6 +122,12 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None,
     # The grace lets the batch in flight finish; the rest of the shutdown (leaving the
     # groups, closing the API, the pool and embedded servers) takes seconds more.
     deadline = ShutdownDeadline(settings.shutdown_grace_seconds + _CLOSING_S)
+    stop = stop or asyncio.Event()
+    # From here on a signal asks to stop, start-up included (engine/supervision.py).
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, deadline.signalled, stop)
+    print("rating engine starting", file=sys.stderr, flush=True)
     try:
         async with endpoints(settings) as ends:
             pools = await _create_pools(ends.database_url)
@@ -127,11 +140,12 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None,
                     tariffs = await loading
                     gc.freeze()  # see load_tariff_store
                     status = await _run_components(settings, ends, pools, producer, tariffs,
-                                                   on_started, provider,
-                                                   stop or asyncio.Event(), deadline)
+                                                   on_started, provider, stop)
             finally:
                 await pools.close()
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         deadline.cancel()
         if not loading.done():
             loading.cancel()
@@ -152,8 +166,8 @@ async def _consume(consumer: UsageConsumer, joining: asyncio.Task[None],
     await keep_running("usage-consumer", consumer.run, stop)
 
 
-async def _cancelled(tasks: list[asyncio.Task[None]]) -> None:
-    """Tasks of a start-up that failed (or of a shutdown: they are done by then)."""
+async def _cancelled(tasks: list[asyncio.Task[Any]]) -> None:
+    """Tasks of a start-up that failed or was stopped, or of a shutdown past its grace."""
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -201,64 +215,79 @@ async def _create_pools(dsn: str) -> Pools:
 async def _run_components(settings: Settings, ends: Endpoints, pools: Pools,
                           producer: AIOKafkaProducer, tariffs: TariffStore,
                           on_started: OnStarted | None, provider: PaymentProvider,
-                          stop: asyncio.Event, deadline: ShutdownDeadline) -> int:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, deadline.signalled, stop)
+                          stop: asyncio.Event) -> int:
     async with contextlib.AsyncExitStack() as stack:
-        # The consumer first: its group join is most of the time to the first commit,
-        # and the rest starts meanwhile (migrations first: it consumes once they are done).
-        pool = pools.background
-        consumer = UsageConsumer(settings, ends.kafka_bootstrap, pools.usage, tariffs, producer)
-        stack.push_async_callback(consumer.close)
-        joining = asyncio.create_task(consumer.start())
-        migrated = asyncio.create_task(migrate_database(pool))
-        tasks = [asyncio.create_task(_consume(consumer, joining, migrated, stop),
-                                     name="usage-consumer")]
-        stack.push_async_callback(_cancelled, [joining, migrated, *tasks])  # start-up failed
-        await migrated
-        metrics_server, metrics_port = _start_metrics(settings)
-        stack.callback(metrics_server.server_close)  # after shutdown (callbacks run last first)
-        stack.callback(metrics_server.shutdown)
-        watcher = TariffWatcher(tariffs, float(settings.tariff_poll_seconds),
-                                plans_in_use=_plans_in_use(pool))
-        await watcher.start()
-        stack.push_async_callback(watcher.close)
-        relay = OutboxRelay(pool, producer, settings.balance_topic,
-                            retention_s=settings.outbox_retention_hours * 3600.0)
-        tasks.append(asyncio.create_task(keep_running("outbox-relay", relay.run, stop),
-                                         name="outbox-relay"))
-        tasks.append(asyncio.create_task(watch_loop_lag(stop), name="loop-lag"))
-        engine = Engine(settings, ends, pools.api, pool, producer, tariffs, consumer, relay,
-                        metrics_port)
-        extras = await _start_extras(engine, stack, stop, provider)
-        engine.http_port = extras.http_port
-        tasks += extras.tasks
-        await joining  # "running" once both consumer groups are joined, as before
-        _announce(engine, extras.http_port, provider)
-        added = [] if on_started is None else await on_started(engine, stack)
-        stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
-        watched: list[asyncio.Task[object]] = [stopper, *tasks, *added]
-        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-        failed = [t for t in done if t is not stopper and t.exception() is not None]
-        log.info("shutting down: finishing the batch in flight")
-        stop.set()
-        consumer.request_stop()
-        relay.request_stop()
-        for request_stop in extras.stoppers:
-            request_stop()
-        for task in added:
-            task.cancel()
-        await asyncio.wait(tasks + added, timeout=settings.shutdown_grace_seconds)
-        for task in tasks:
-            task.cancel()
-        for failure in failed:
-            exc = failure.exception()
-            log.error("%s failed: %s", failure.get_name(), exc, exc_info=exc)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        return 1 if failed else 0
+        try:
+            return await _start_and_run(settings, ends, pools, producer, tariffs, on_started,
+                                        provider, stop, stack)
+        except StoppedWhileStarting:
+            log.info("asked to stop while starting: stopping")
+            return 0
     return 0  # pragma: no cover  (the exit stack never swallows exceptions)
+
+
+async def _start_and_run(settings: Settings, ends: Endpoints, pools: Pools,
+                         producer: AIOKafkaProducer, tariffs: TariffStore,
+                         on_started: OnStarted | None, provider: PaymentProvider,
+                         stop: asyncio.Event, stack: contextlib.AsyncExitStack) -> int:
+    """Start every component (each step abandoned if asked to stop), run until asked to
+    stop or one fails, then stop them; ``stack`` closes what was started."""
+    # The consumer first: its group join is most of the time to the first commit,
+    # and the rest starts meanwhile (migrations first: it consumes once they are done).
+    pool = pools.background
+    consumer = UsageConsumer(settings, ends.kafka_bootstrap, pools.usage, tariffs, producer)
+    stack.push_async_callback(consumer.close)
+    joining = asyncio.create_task(consumer.start())
+    migrated = asyncio.create_task(migrate_database(pool))
+    tasks = [asyncio.create_task(_consume(consumer, joining, migrated, stop),
+                                 name="usage-consumer")]
+    # Whatever still runs when the stack closes (a start-up that failed or was stopped,
+    # or tasks past the grace) is cancelled and awaited before anything it uses closes.
+    every_task: list[asyncio.Task[Any]] = [joining, migrated, *tasks]
+    stack.push_async_callback(_cancelled, every_task)
+    await until_stopped(migrated, stop)
+    metrics_server, metrics_port = _start_metrics(settings)
+    stack.callback(metrics_server.server_close)  # after shutdown (callbacks run last first)
+    stack.callback(metrics_server.shutdown)
+    watcher = TariffWatcher(tariffs, float(settings.tariff_poll_seconds),
+                            plans_in_use=_plans_in_use(pool))
+    stack.push_async_callback(watcher.close)
+    await until_stopped(watcher.start(), stop)
+    relay = OutboxRelay(pool, producer, settings.balance_topic,
+                        retention_s=settings.outbox_retention_hours * 3600.0)
+    tasks.append(asyncio.create_task(keep_running("outbox-relay", relay.run, stop),
+                                     name="outbox-relay"))
+    tasks.append(asyncio.create_task(watch_loop_lag(stop), name="loop-lag"))
+    every_task += tasks[-2:]
+    engine = Engine(settings, ends, pools.api, pool, producer, tariffs, consumer, relay,
+                    metrics_port)
+    extras = await until_stopped(_start_extras(engine, stack, stop, provider), stop)
+    engine.http_port = extras.http_port
+    tasks += extras.tasks
+    every_task += extras.tasks
+    await until_stopped(joining, stop)  # "running" once both groups are joined
+    _announce(engine, extras.http_port, provider)
+    added = [] if on_started is None else await until_stopped(on_started(engine, stack),
+                                                              stop)
+    stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
+    watched: list[asyncio.Task[object]] = [stopper, *tasks, *added]
+    done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+    failed = [t for t in done if t is not stopper and t.exception() is not None]
+    log.info("shutting down: finishing the batch in flight")
+    stop.set()
+    consumer.request_stop()
+    relay.request_stop()
+    for request_stop in extras.stoppers:
+        request_stop()
+    for task in added:
+        task.cancel()
+    await asyncio.wait(tasks + added, timeout=settings.shutdown_grace_seconds)
+    for task in tasks:
+        task.cancel()
+    for failure in failed:
+        exc = failure.exception()
+        log.error("%s failed: %s", failure.get_name(), exc, exc_info=exc)
+    return 1 if failed else 0
 
 
 def _plans_in_use(pool: asyncpg.Pool) -> Callable[[], Awaitable[PlansInUse]]:

@@ -14,12 +14,14 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from consumers import metrics
 from consumers.retry import Backoff, sleep_unless
 from rating.settings import SettingsError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A component that ran this long before failing is considered recovered: its next
 # failure waits the shortest delay again.
@@ -49,6 +51,31 @@ async def keep_running(name: str, run: Callable[[], Awaitable[None]],
             await sleep_unless(stopping, delay)
             if stopping.is_set():
                 return
+
+
+class StoppedWhileStarting(Exception):
+    """Asked to stop before start-up was done: nothing runs yet, nothing to finish."""
+
+
+async def until_stopped(step: Awaitable[T], stop: asyncio.Event) -> T:
+    """``await step``, unless ``stop`` is set first: then ``step`` is cancelled and
+    ``StoppedWhileStarting`` raised.
+
+    A start-up step can wait a long time: a consumer group's join waits for a rebalance,
+    which a member killed a moment ago holds until the broker gives up on it (minutes).
+    SIGTERM must not wait for it.
+    """
+    task = asyncio.ensure_future(step)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise StoppedWhileStarting()
 
 
 class ShutdownDeadline:
@@ -101,11 +128,26 @@ class ShutdownDeadline:
 def _write_task_stacks(done: threading.Event) -> None:
     try:
         for task in asyncio.all_tasks():
-            print(f"task {task.get_name()}:", file=sys.stderr)
-            task.print_stack(limit=12, file=sys.stderr)
+            print(f"task {task.get_name()}, awaiting:", file=sys.stderr)
+            for where in _await_chain(task.get_coro()):
+                print(f"  {where}", file=sys.stderr)
         sys.stderr.flush()
     finally:
         done.set()
+
+
+def _await_chain(coro: object) -> list[str]:
+    """Where a task is suspended, outermost first: each coroutine it awaits in turn
+    (``Task.print_stack`` shows only the outermost one)."""
+    chain: list[str] = []
+    while coro is not None and len(chain) < 30:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            chain.append(repr(coro)[:200])
+            break
+        chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return chain
 
 
 def check_listen(host: str, port: int, port_variable: str) -> None:

@@ -119,6 +119,30 @@ async def _applied_at_least(pool: asyncpg.Pool, n: int) -> bool:
     return bool(await pool.fetchval("SELECT count(*) FROM ledger") >= n)
 
 
+async def test_sigterm_while_starting_stops_at_once_without_finishing_the_start(
+        settings: Settings, kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A start-up step can wait minutes (a group join held by a member killed a moment
+    ago): SIGTERM does not wait for it, and the engine stops cleanly."""
+    await create_topics(settings, kafka_bootstrap)
+    log = tmp_path / "engine.log"
+    engine = start_engine(engine_env(settings), log)
+    try:
+        # Said before the services are reached; the group join alone takes seconds more.
+        await wait_for_log(log, "rating engine starting", engine)
+        started = time.monotonic()
+        engine.send_signal(signal.SIGTERM)
+        code = engine.wait(30)
+        took = time.monotonic() - started
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "rating engine running" not in text  # start-up was abandoned, not finished
+    assert "rating engine stopped cleanly" in text
+    assert took < 15, text[-3000:]
+
+
 async def test_sigterm_finishes_the_batch_commits_and_exits_zero(
         settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str, tmp_path: Path) -> None:
     await create_topics(settings, kafka_bootstrap)

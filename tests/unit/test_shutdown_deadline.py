@@ -25,7 +25,11 @@ async def main():
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, deadline.signalled, stop)
     print("ready", flush=True)
     await stop.wait()
-    await asyncio.create_task(stuck_closing(), name="closing-the-pool")
+    closing = asyncio.create_task(stuck_closing(), name="closing-the-pool")
+    await shutting_down()
+
+async def shutting_down():
+    await stuck_closing()
 
 asyncio.run(main())
 """
@@ -47,8 +51,12 @@ def test_a_hanging_shutdown_ends_at_the_deadline_and_shows_where_it_hung() -> No
     assert proc.returncode == 1
     assert time.monotonic() - started >= 1.0
     assert "shutdown did not finish within 1 s" in err
-    assert "task closing-the-pool:" in err  # the stuck task, with its stack
-    assert "stuck_closing" in err
+    assert "task closing-the-pool, awaiting:" in err  # the stuck task, with its stack
+    assert "in stuck_closing" in err
+    # The main task's whole chain of awaits, down to the stuck line.
+    main_task = err.split("task Task-1, awaiting:")[1].split("task ")[0]
+    assert main_task.index("in main") < main_task.index("in shutting_down") < main_task.index(
+        "in stuck_closing")
     assert "Traceback" not in err.splitlines()[-1]
 
 
