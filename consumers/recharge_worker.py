@@ -100,7 +100,11 @@ class RechargeWorker:
         self._consumer = AIOKafkaConsumer(
             settings.balance_topic, bootstrap_servers=bootstrap,
             group_id=settings.recharge_group, enable_auto_commit=False,
-            auto_offset_reset="earliest")
+            auto_offset_reset="earliest",
+            # The usage consumer's session (consumers/usage_batches.fetch_settings): a
+            # killed replica's member is replaced after 6 s, not aiokafka's 10 s, and
+            # the first join of a start-up is held for less.
+            session_timeout_ms=6_000, heartbeat_interval_ms=2_000)
         self.stopping = asyncio.Event()
         # Outcomes of the balance.low events this worker handled (also in metrics).
         self.handled: collections.Counter[str] = collections.Counter()
