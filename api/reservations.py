@@ -25,7 +25,7 @@ from rating.core.errors import (
     UnknownAccount,
     UnknownReservation,
 )
-from rating.core.events import CREDIT_SOURCES, MAX_KEY_LENGTH
+from rating.core.identifiers import CREDIT_SOURCES, MAX_KEY_LENGTH, is_event_key
 from rating.core.money import format_amount
 from rating.core.pricing import TimedRate
 from rating.core.rate import call_rate_for
@@ -66,7 +66,7 @@ _RESERVATION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 
 def _key(body: dict[str, Any], name: str) -> str:
     value: str = field(body, name, str)
-    if not value or len(value) > MAX_KEY_LENGTH or "\x00" in value:
+    if not is_event_key(value):
         raise ApiError(400, "invalid_field",
                        f"{name}: 1 to {MAX_KEY_LENGTH} characters, without U+0000")
     return value

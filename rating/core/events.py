@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import orjson
 
 from rating.core.errors import InvalidEvent
-from rating.core.identifiers import ACCOUNT_ID_RULE, is_account_id
+from rating.core.identifiers import ACCOUNT_ID_RULE, CREDIT_SOURCES, MAX_KEY_LENGTH, is_account_id
 from rating.core.segments import count_segments
 
 Service = Literal["call", "tollfree", "sms", "stt"]
@@ -145,16 +145,10 @@ def _text(obj: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-# (source, id) is the ledger's unique key: PostgreSQL text cannot hold U+0000, and an
-# index entry must fit in a page, so such an event is refused here (to the DLQ) rather
-# than failing the batch's transaction every time. ``subject`` is an account id and
-# must follow the account-id rule (CONTRACT §8), which the accounts table enforces too.
-MAX_KEY_LENGTH = 256
-# The sources of the engine's own ledger rows: card top-ups, automatic recharges and
-# operators' adjustments are keyed (source, idempotency key) in the ledger's key space.
-# A usage event claiming one of them could take the key of a credit still to come, and
-# a card already charged could then not be credited: such an event is refused.
-CREDIT_SOURCES = frozenset({"topup", "recharge", "adjustment"})
+# (source, id) is the ledger's unique key (rating.core.identifiers): a key it cannot
+# hold is refused here (to the DLQ) rather than failing the batch's transaction every
+# time. ``subject`` is an account id and must follow the account-id rule (CONTRACT §8),
+# which the accounts table enforces too.
 # Subjects seen to be valid: most events name an account seen a moment ago, and a set
 # lookup costs a small fraction of the pattern match. Cleared when full.
 _VALID_SUBJECTS: set[str] = set()

@@ -8,6 +8,10 @@
   either is refused where it enters, never sent to the database.
 - A credit's ledger key is ``credit_key(account_id, idempotency_key)``: an injective
   encoding, so no two (account, key) pairs ever share a ledger row.
+- A usage event's ``(source, id)`` is the ledger's unique key, and a call id keys a
+  reservation: each is 1-``MAX_KEY_LENGTH`` characters without U+0000
+  (``is_event_key``), so that its index entry fits in a page; and no event source may
+  be one of the engine's own credit sources (``CREDIT_SOURCES``).
 """
 
 from __future__ import annotations
@@ -27,11 +31,22 @@ ACCOUNT_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : -"
 _ACCOUNT_ID = re.compile(ACCOUNT_ID_PATTERN, re.ASCII)
 # Characters an account id keeps as they are in a credit key: exactly its own charset.
 _KEPT_IN_KEYS = "._:-"
+MAX_KEY_LENGTH = 256
+# The sources of the engine's own ledger rows: card top-ups, automatic recharges and
+# operators' adjustments are keyed (source, idempotency key) in the ledger's key space.
+# A usage event claiming one of them could take the key of a credit still to come, and
+# a card already charged could then not be credited: such an event is refused.
+CREDIT_SOURCES = frozenset({"topup", "recharge", "adjustment"})
 
 
 def is_account_id(text: object) -> bool:
     """Whether ``text`` is a string within the account-id rule."""
     return isinstance(text, str) and _ACCOUNT_ID.fullmatch(text) is not None
+
+
+def is_event_key(text: str) -> bool:
+    """Whether ``text`` can be part of an event's or a call's key (see the docstring)."""
+    return 0 < len(text) <= MAX_KEY_LENGTH and "\x00" not in text
 
 
 def check_account_id(text: str, *, what: str = "account id") -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from rating.core.detail import RatedDetail, detail_json
 from rating.core.errors import InvalidRequest
-from rating.core.events import MAX_KEY_LENGTH
+from rating.core.identifiers import MAX_KEY_LENGTH, is_event_key
 from rating.core.money import format_amount
 from rating.stores.db import Connection
 
@@ -73,7 +73,7 @@ def applied_json(row: Any) -> dict[str, object]:
 def check_event_key(source: str, event_id: str) -> None:
     """Refuse (``InvalidRequest``) a key no event can have, before it reaches a query."""
     for name, value in (("source", source), ("id", event_id)):
-        if not value or len(value) > MAX_KEY_LENGTH or "\x00" in value:
+        if not is_event_key(value):
             raise InvalidRequest(
                 f"{name}: expected 1-{MAX_KEY_LENGTH} characters without U+0000",
                 code="invalid_event_key")

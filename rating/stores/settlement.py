@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from rating.core.events import MAX_KEY_LENGTH
+from rating.core.identifiers import is_event_key
 
 # An event's call id is kept only when it could name a reservation: the API accepts no
 # longer one, and a U+0000 would fail the whole statement (PostgreSQL text cannot hold
@@ -42,7 +42,7 @@ class Settlement:
 
 
 def settles(call_id: str) -> bool:
-    return len(call_id) <= MAX_KEY_LENGTH and "\x00" not in call_id
+    return is_event_key(call_id)
 
 
 def settlement_json(rows: Sequence[Settlement]) -> str | None:

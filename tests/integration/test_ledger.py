@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import asyncpg
 import pytest
 
-from rating.core.events import MAX_KEY_LENGTH
+from rating.core.identifiers import MAX_KEY_LENGTH
 from rating.core.rate import Charge
 from rating.core.thresholds import balance_crossings
 from rating.stores.accounts import AccountStore, NewAccount

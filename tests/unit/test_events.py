@@ -256,7 +256,7 @@ def test_events_are_frozen() -> None:
 def test_the_refused_sources_are_those_of_every_credit_the_stores_write() -> None:
     from typing import get_args
 
-    from rating.core.events import CREDIT_SOURCES
+    from rating.core.identifiers import CREDIT_SOURCES
     from rating.stores.accounts import CreditKind
 
     assert CREDIT_SOURCES == frozenset(get_args(CreditKind))

@@ -21,8 +21,7 @@ from api.request_values import (
 )
 from rating.core.amount_rules import AmountRule
 from rating.core.errors import InvalidRequest
-from rating.core.events import MAX_KEY_LENGTH
-from rating.core.identifiers import ACCOUNT_ID_PATTERN, MAX_REASON_LENGTH
+from rating.core.identifiers import ACCOUNT_ID_PATTERN, MAX_KEY_LENGTH, MAX_REASON_LENGTH
 from rating.core.money import DEFAULT_MAX_AMOUNT
 from rating.stores.billing_reads import month_bounds
 from rating.stores.statements import month_bounds as statement_month_bounds
