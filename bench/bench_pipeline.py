@@ -58,9 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +79,7 @@ from pipeline_common import (
     ledger_count,
     publish_all,
     rated,
+    run_in_workdir,
     say,
     services,
     traffic,
@@ -270,18 +269,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     started = time.monotonic()
-    try:
-        results = asyncio.run(run(args, work))
-    except Exception as exc:  # the benchmark failed: say why, exit non-zero
-        print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    results = run_in_workdir("bench-pipeline-", args.keep, lambda work: run(args, work))
+    if results is None:
         return 1
-    finally:
-        if args.keep:
-            print(f"  (kept {work})", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     (report_whole if args.whole_only else report)(args, results)
     print(f"  (whole run: {time.monotonic() - started:.0f} s)")
     return 0

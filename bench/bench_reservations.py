@@ -32,12 +32,10 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 import asyncpg  # noqa: E402
 import orjson  # noqa: E402
+from pipeline_common import percentile, run_in_workdir, say  # noqa: E402
 from reservation_load import (  # noqa: E402
     SOURCE_SWITCH,
     TARIFFS,
@@ -77,17 +76,6 @@ DEBIT_BATCH = Settings.from_env(os.environ).batch_max_events
 TARGET_P99_RESERVE_MS = 10.0
 SOURCE_USAGE = "bench-usage"
 SOURCE_USAGE_BASELINE = "bench-usage-0"
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def say(message: str) -> None:
-    print(f"  … {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- (r1) the statement
@@ -277,7 +265,7 @@ def report(args: argparse.Namespace, r: Results) -> None:
     span = max(t.last - t.first, 1e-9)
 
     def ms(values: list[float], q: float) -> str:
-        return f"{_percentile(values, q) * 1000:>9.1f} ms"
+        return f"{percentile(sorted(values), q) * 1000:>9.1f} ms"
 
     rows = [
         (f"(r1) debit statement, {DEBIT_BATCH:,} events/tx, no reservation",
@@ -313,7 +301,7 @@ def report(args: argparse.Namespace, r: Results) -> None:
     for label, value in rows:
         print(f"{label:<{width}}{value}")
     print("-" * (width + 40))
-    p99 = _percentile(t.reserve, 0.99) * 1000
+    p99 = percentile(sorted(t.reserve), 0.99) * 1000
     verdict = "PASS" if p99 <= TARGET_P99_RESERVE_MS else "FAIL"
     print(f"{f'p99 reserve <= {TARGET_P99_RESERVE_MS:.0f} ms':<{width}}{verdict:>9}")
 
@@ -341,18 +329,10 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--usage-child"]:
         return _usage_child(orjson.loads(argv[1]))
     args = parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-reservations-"))
     started = time.monotonic()
-    try:
-        results = asyncio.run(run(args, work))
-    except Exception as exc:  # the benchmark failed: say why, exit non-zero
-        print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    results = run_in_workdir("bench-reservations-", args.keep, lambda work: run(args, work))
+    if results is None:
         return 1
-    finally:
-        if args.keep:
-            print(f"  (kept {work})", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     report(args, results)
     print(f"  (whole run: {time.monotonic() - started:.0f} s)")
     return 0

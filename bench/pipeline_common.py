@@ -1,7 +1,8 @@
 """What every part of the pipeline benchmark shares: services, accounts, load, helpers.
 
 Imported by bench/bench_pipeline.py (the benchmark) and bench/pipeline_child.py (the
-engine subprocess); run neither of these modules directly.
+engine subprocess), and by bench/bench_reservations.py for its helpers; run neither
+of these modules directly.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import contextlib
 import ctypes
 import itertools
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -39,6 +42,8 @@ PLAN = "standard"
 USAGE_PARTITIONS = 8  # as the engine creates usage.events (RATING_TOPIC_PARTITIONS)
 # The raw debit writes batches of the engine's own batch size (RATING_BATCH_MAX_EVENTS).
 DEBIT_BATCH = Settings.from_env(os.environ).batch_max_events
+
+T = TypeVar("T")
 
 SOURCE_RAW = "switch-bench-raw"
 SOURCE_NAIVE = "switch-bench-naive"
@@ -63,6 +68,23 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 def say(message: str) -> None:
     print(f"  … {message}", file=sys.stderr, flush=True)
+
+
+def run_in_workdir(prefix: str, keep: bool,
+                   run: Callable[[Path], Coroutine[Any, Any, T]]) -> T | None:
+    """``run(work)`` in a new temporary folder, removed afterwards unless ``keep``; None,
+    having said why, when the benchmark failed."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return asyncio.run(run(work))
+    except Exception as exc:  # the benchmark failed: say why, the caller exits non-zero
+        print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    finally:
+        if keep:
+            print(f"  (kept {work})", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def tree_cpu_s(pid: int | None) -> float:
