@@ -203,13 +203,15 @@ class Pools:
 
 
 async def _create_pools(dsn: str) -> Pools:
-    api = await create_pool(dsn, max_size=10)
+    made: list[asyncpg.Pool] = []
     try:
-        return Pools(api, await create_pool(dsn, max_size=4),
-                     await create_pool(dsn, max_size=3))
+        for size in (10, 4, 3):  # Pools' fields, in order
+            made.append(await create_pool(dsn, max_size=size))
     except BaseException:
-        await api.close()  # the others fail the same way: nothing else to close
+        for pool in made:  # a later one can fail alone (max_connections reached)
+            await pool.close()
         raise
+    return Pools(*made)
 
 
 async def _run_components(settings: Settings, ends: Endpoints, pools: Pools,
@@ -242,9 +244,10 @@ async def _start_and_run(settings: Settings, ends: Endpoints, pools: Pools,
     tasks = [asyncio.create_task(_consume(consumer, joining, migrated, stop),
                                  name="usage-consumer")]
     # Whatever still runs when the stack closes (a start-up that failed or was stopped,
-    # or tasks past the grace) is cancelled and awaited before anything it uses closes.
-    every_task: list[asyncio.Task[Any]] = [joining, migrated, *tasks]
-    stack.push_async_callback(_cancelled, every_task)
+    # or tasks past the grace) is cancelled and awaited before anything it uses closes;
+    # ``tasks`` is the list itself, which grows as the components start.
+    stack.push_async_callback(_cancelled, [joining, migrated])
+    stack.push_async_callback(_cancelled, tasks)
     await until_stopped(migrated, stop)
     metrics_server, metrics_port = _start_metrics(settings)
     stack.callback(metrics_server.server_close)  # after shutdown (callbacks run last first)
@@ -258,13 +261,11 @@ async def _start_and_run(settings: Settings, ends: Endpoints, pools: Pools,
     tasks.append(asyncio.create_task(keep_running("outbox-relay", relay.run, stop),
                                      name="outbox-relay"))
     tasks.append(asyncio.create_task(watch_loop_lag(stop), name="loop-lag"))
-    every_task += tasks[-2:]
     engine = Engine(settings, ends, pools.api, pool, producer, tariffs, consumer, relay,
                     metrics_port)
     extras = await until_stopped(_start_extras(engine, stack, stop, provider), stop)
     engine.http_port = extras.http_port
     tasks += extras.tasks
-    every_task += extras.tasks
     await until_stopped(joining, stop)  # "running" once both groups are joined
     _announce(engine, extras.http_port, provider)
     added = [] if on_started is None else await until_stopped(on_started(engine, stack),
