@@ -235,7 +235,8 @@ async def drive_reservations(client: HttpClient, accounts: list[str], number: st
 
 @contextlib.contextmanager
 def cpu_share(into: dict[str, float], run: str, **pids: int | None) -> Iterator[None]:
-    """CPU seconds per wall second of each process tree while the block runs."""
+    """CPU seconds per wall second of each process tree while the block runs, and of the
+    whole machine (``machine``: out of ``os.cpu_count()`` cores)."""
     import psutil
 
     def cpu(pid: int | None) -> float:
@@ -252,9 +253,15 @@ def cpu_share(into: dict[str, float], run: str, **pids: int | None) -> Iterator[
             return float(total)
         return 0.0
 
+    def busy() -> float:  # every process's CPU: the load generators and the OS included
+        times = psutil.cpu_times()
+        return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
     before = {name: cpu(pid) for name, pid in pids.items()}
+    machine = busy()
     started = time.monotonic()
     yield
     wall = time.monotonic() - started
     for name, pid in pids.items():
         into[f"{run} {name}"] = (cpu(pid) - before[name]) / wall
+    into[f"{run} machine"] = (busy() - machine) / wall
