@@ -170,6 +170,36 @@ async def test_extend_adds_up_to_the_cap_and_release_frees_everything(
     assert await holds_add_up(pool) == []
 
 
+async def test_an_early_extension_is_held_until_its_own_seconds_have_passed(
+        pool: asyncpg.Pool, store: ReservationStore, book: TariffStore) -> None:
+    """A switch may extend at once: the expiry moves by the seconds added, so the hold
+    lasts as long as the whole grant may be used, and the credit is not granted twice."""
+    await account(pool, "a", "1.00")  # 10 minutes: two grants of 300 s, nothing more
+    r = (await store.reserve("a", leg("c-1"), rate_for(book))).reservation
+    extended = (await store.extend("a", r.reservation_id)).reservation
+    assert extended.granted_seconds == 600
+    assert extended.expires_at == r.expires_at + timedelta(seconds=300)
+    past_the_first_grant = r.expires_at + timedelta(seconds=1)
+    assert await store.expire(as_of=past_the_first_grant) == []
+    with pytest.raises(InsufficientCredit):  # all ten minutes are still held for c-1
+        await store.reserve("a", leg("c-2"), rate_for(book))
+    swept = await store.expire(as_of=extended.expires_at + timedelta(seconds=1))
+    assert [(e.account_id, e.expired, e.freed) for e in swept] == [("a", 1, 1_000_000)]
+    assert await holds_add_up(pool) == []
+
+
+async def test_a_late_extension_is_held_from_when_it_is_granted(
+        pool: asyncpg.Pool, store: ReservationStore, book: TariffStore) -> None:
+    """An extension after the first grant's time (the call was answered late, its usage
+    kept the reservation open) runs from now: its seconds + the grace."""
+    await account(pool, "a", "1.00")
+    r = (await store.reserve("a", leg("c-1"), rate_for(book))).reservation
+    await pool.execute("UPDATE reservations SET expires_at = now() + interval '5 seconds'")
+    before = datetime.now(UTC)
+    extended = (await store.extend("a", r.reservation_id)).reservation
+    assert extended.expires_at >= before + timedelta(seconds=300 + 60)
+
+
 async def test_usage_settles_against_the_hold_and_final_closes_it(
         pool: asyncpg.Pool, store: ReservationStore, book: TariffStore) -> None:
     await account(pool, "a", "10.00")
