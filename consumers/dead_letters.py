@@ -14,8 +14,10 @@ in a form that can be:
 
 A record the broker still refuses for a reason of its own (too large for a topic
 configured smaller, corrupt) is sent once more without its value; refused again, it
-is kept whole in PostgreSQL (``dead_letters``, rating/stores/dead_letters.py). An
-outage of the broker is waited out; records already accepted are not sent again.
+is kept whole in PostgreSQL (``dead_letters``, rating/stores/dead_letters.py). A
+record published cut (its value or key truncated, or sent without its value) is kept
+whole there too, so no refused byte is ever lost. An outage of the broker is waited
+out; records already accepted are not sent again.
 """
 
 from __future__ import annotations
@@ -37,9 +39,15 @@ from rating.stores.dead_letters import StoredDeadLetter, keep_dead_letters
 
 log = logging.getLogger(__name__)
 
-MAX_VALUE_BYTES = 512 * 1024
+# The largest record the engine's producer sends: aiokafka's default max_request_size,
+# which engine/services.kafka_producer keeps (a broker's default message size is 1 MB too).
+PRODUCER_MAX_REQUEST_BYTES = 1_048_576
 MAX_KEY_BYTES = 1024
 MAX_HEADER_BYTES = 1024
+# Everything else a dead letter carries (a key and header values of at most 1 KiB each,
+# header names, the record's framing) fits in what is left: any value up to this size is
+# published unchanged, and only a larger one is cut.
+MAX_VALUE_BYTES = PRODUCER_MAX_REQUEST_BYTES - 16 * 1024
 
 Headers = list[tuple[str, bytes]]
 
@@ -92,6 +100,15 @@ def dead_letter(item: Rejected, *, without_value: bool = False
     return key, value, headers
 
 
+def _cut_to_fit(item: Rejected) -> str:
+    """Why ``dead_letter`` cuts the record to fit the DLQ topic, or "" if it does not."""
+    value, key = item.record.value, item.record.key
+    cut = [f"{what} of {len(data)} bytes" for what, data, limit in (
+        ("value", value, MAX_VALUE_BYTES), ("key", key, MAX_KEY_BYTES))
+        if data is not None and len(data) > limit]
+    return f"published to the DLQ topic cut: {' and '.join(cut)}" if cut else ""
+
+
 def _reshaped(item: Rejected) -> list[str]:
     value, key = item.record.value, item.record.key
     return [how for how, applies in (
@@ -123,6 +140,8 @@ class DeadLetterPublisher:
                 metrics.DLQ_RESHAPED.labels(how).inc()
         stage = dict.fromkeys(range(len(items)), _AS_IS)
         reasons: dict[int, str] = {}
+        # Published without all of their bytes: kept whole in the store too, once sent.
+        cut = {i: why for i, item in enumerate(items) if (why := _cut_to_fit(item))}
         backoff = Backoff(0.1, 5.0)
         while stage:
             stored = [i for i, level in stage.items() if level == _STORE]
@@ -131,7 +150,11 @@ class DeadLetterPublisher:
                                   stopping)
                 for i in stored:
                     del stage[i]
+                    cut.pop(i, None)
                 continue
+            for i, level in stage.items():
+                if level == _WITHOUT_VALUE and items[i].record.value:
+                    cut[i] = f"sent to the DLQ topic without its value ({reasons[i]})"
             outage = await self._send_round(items, stage, reasons)
             if outage is not None and _STORE not in stage.values():
                 metrics.TRANSIENT_ERRORS.labels("kafka").inc()
@@ -140,6 +163,9 @@ class DeadLetterPublisher:
                 if stopping.is_set():
                     raise StoppedWhileRetrying("DLQ publish")
                 await backoff.wait(stopping)
+        if cut:
+            await self._store([items[i] for i in cut], list(cut.values()), stopping,
+                              in_topic=True)
 
     async def _send_round(self, items: Sequence[Rejected], stage: dict[int, int],
                           reasons: dict[int, str]) -> BaseException | None:
@@ -182,7 +208,9 @@ class DeadLetterPublisher:
         return outage
 
     async def _store(self, items: list[Rejected], reasons: list[str],
-                     stopping: asyncio.Event) -> None:
+                     stopping: asyncio.Event, *, in_topic: bool = False) -> None:
+        """Keep ``items`` whole in PostgreSQL: those the DLQ topic would not take, or
+        (``in_topic``) those it took cut."""
         letters = [StoredDeadLetter(i.record.topic, i.record.partition, i.record.offset,
                                     i.record.key, i.record.value, i.code, i.reason, reason)
                    for i, reason in zip(items, reasons, strict=True)]
@@ -192,6 +220,13 @@ class DeadLetterPublisher:
                 await keep_dead_letters(conn, letters)
 
         await retry_transient(keep, what="dead-letter store", stopping=stopping)
+        if in_topic:  # in the DLQ already (counted by rating_dlq_reshaped_total)
+            for letter in letters:
+                log.warning("kept the whole refused record from %s[%d]@%d in the "
+                            "dead_letters table: %s", letter.source_topic,
+                            letter.source_partition, letter.source_offset,
+                            letter.publish_error)
+            return
         metrics.DEAD_LETTERS_STORED.inc(len(letters))
         for letter in letters:
             log.error("kept the refused record from %s[%d]@%d in the dead_letters table: "

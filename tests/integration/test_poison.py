@@ -117,6 +117,12 @@ async def test_a_tombstone_and_a_2_mb_record_go_to_the_dlq_and_the_partition_mov
     assert found["original_sha256"] == hashlib.sha256(big).hexdigest().encode()
     assert truncated.value == big[:len(truncated.value)] and len(truncated.value) < len(big)
     assert len(found["error"]) <= 1024
+    # Cut in the topic, kept whole in the overflow store: no refused byte is lost.
+    kept = await pool.fetch("SELECT source_offset, value, publish_error FROM dead_letters")
+    assert [(r["source_offset"], r["value"]) for r in kept] == [
+        (int(found["source_offset"]), big)]
+    assert kept[0]["publish_error"] == (
+        f"published to the DLQ topic cut: value of {len(big)} bytes")
 
 
 class RefusingProducer:

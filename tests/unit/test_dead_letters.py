@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+import pytest
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from consumers.dead_letters import (
     MAX_HEADER_BYTES,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
+    PRODUCER_MAX_REQUEST_BYTES,
     DeadLetterPublisher,
     Rejected,
     bounded_text,
@@ -36,6 +39,22 @@ def test_an_ordinary_record_keeps_its_key_bytes_and_the_contract_headers() -> No
     assert headers == [("error", b"why"), ("error_code", b"invalid_event"),
                        ("source_topic", b"usage.events"), ("source_partition", b"3"),
                        ("source_offset", b"7")]
+
+
+def test_a_large_record_the_producer_can_send_goes_unchanged() -> None:
+    body = b"x" * 600_000  # over half a megabyte: still the original bytes
+    _key, value, headers = dead_letter(Rejected(record(body), "unknown_account", "why"))
+    assert value == body and "value_truncated" not in dict(headers)
+
+
+def test_the_largest_dead_letter_fits_the_producers_request_size() -> None:
+    """Everything at its bound (value, key, every header): aiokafka's own estimate of
+    the record, as its producer checks it before sending, is within max_request_size."""
+    item = Rejected(record(b"x" * (2 * 1024 * 1024), key=b"k" * 5000), "c" * 5000, "e" * 5000)
+    key, value, headers = dead_letter(item)
+    assert len(value) == MAX_VALUE_BYTES
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    assert size <= PRODUCER_MAX_REQUEST_BYTES
 
 
 def test_a_tombstone_goes_with_an_empty_value_and_says_so() -> None:
@@ -100,9 +119,21 @@ async def test_a_broker_outage_resends_only_the_records_not_yet_accepted() -> No
     assert sorted(k for k, _ in producer.accepted) == [b"a", b"b", b"c"]  # each once
 
 
-async def test_a_record_the_broker_refuses_is_sent_again_without_its_value() -> None:
+async def test_a_record_the_broker_refuses_is_sent_again_without_its_value(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     producer = FakeProducer({b"a": [MessageSizeTooLargeError("too large")]})
     publisher = DeadLetterPublisher(producer, "dlq", pool=None)  # type: ignore[arg-type]
+    kept: list[tuple[list[bytes | None], list[str], bool]] = []
+
+    async def store(items: list[Rejected], reasons: list[str], stopping: asyncio.Event,
+                    *, in_topic: bool = False) -> None:
+        kept.append(([i.record.value for i in items], reasons, in_topic))
+
+    monkeypatch.setattr(publisher, "_store", store)
     await publisher.publish([Rejected(record(b"{...}", key=b"a"), "invalid_json", "x")],
                             asyncio.Event())
     assert producer.accepted == [(b"a", b"")]
+    # ... and, its value missing from the topic, kept whole in the store.
+    assert kept == [([b"{...}"], ["sent to the DLQ topic without its value "
+                                  "(MessageSizeTooLargeError: [Error 10] "
+                                  "MessageSizeTooLargeError: too large)"], True)]
