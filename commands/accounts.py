@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -143,6 +144,9 @@ async def cmd_auto_recharge(settings: Settings, out: TextIO, account_id: str,
     """``--amount A --below T`` turns it on, ``--off`` off; ``--max-per-day`` and
     ``--alert-thresholds`` alone change only themselves."""
     account_arg(account_id)
+    if off and (amount is not None or below is not None):
+        raise CommandError("auto-recharge: --off turns it off and takes no --amount or"
+                           " --below")
     limits = recharge_limit_args(max_per_day, alert_thresholds)
     turn_on = None
     if not off and (amount is not None or below is not None or not limits.given):
@@ -194,10 +198,16 @@ def read_import_file(path: Path, settings: Settings) -> list[NewAccount]:
     accounts: list[NewAccount] = []
     seen: set[str] = set()
     try:
-        handle = path.open(newline="", encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise CommandError(f"{path}: {exc.strerror}") from None
-    with handle:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a spreadsheet's export in another encoding
+        line = data[:exc.start].count(b"\n") + 1
+        raise CommandError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x});"
+                           " save the file as UTF-8") from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader, [])]
         if header[:3] != ["id", "plan", "balance"] or header[3:] not in (

@@ -135,7 +135,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, An
     if args.verb == "audit":
         from commands.sessions import cmd_audit
 
-        return cmd_audit(settings, out, args.account, args.limit)
+        account_id = None if args.account is None else accounts.account_arg(args.account)
+        return cmd_audit(settings, out, account_id, args.limit)
     return _dispatch_accounts(args, settings)
 
 
@@ -149,6 +150,10 @@ def _dispatch_accounts(args: argparse.Namespace,
                        settings: Settings) -> Coroutine[Any, Any, int] | int:
     out = sys.stdout
     verb = args.accounts_verb
+    # An id outside the account-id rule names no account: refused in one line before
+    # anything runs (every verb but import names one).
+    if getattr(args, "id", None) is not None:
+        args.id = accounts.account_arg(args.id)
     if verb in _AUDITED:
         detail = {k: v for k, v in vars(args).items()
                   if k not in ("verb", "accounts_verb", "verbose", "id") and v is not None}

@@ -102,3 +102,26 @@ async def test_cli_amounts_and_ids_are_refused_in_one_line_before_anything_is_do
     created = await run_cli(env, "accounts", "create", "Acct.01:eu_west-2", "--plan",
                             "standard", "--balance", "-100")
     assert created.returncode == 0, created.stderr
+
+
+async def test_cli_ids_that_are_not_utf8_and_a_latin1_import_are_one_line_each(
+        settings: Settings, pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """What a terminal or a spreadsheet export can hand the CLI: one line, exit 1."""
+    env = cli_env(settings)
+    await AccountStore(pool).create(NewAccount("acct-1", "standard", "EUR"))
+    not_utf8 = os.fsdecode(b"a\xffb")  # the bytes a shell passes, as Python sees them
+    for args in (("accounts", "show", not_utf8), ("accounts", "portal-link", not_utf8),
+                 ("accounts", "statement", not_utf8), ("audit", "--account", not_utf8)):
+        result = await run_cli(env, *args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert "A-Z a-z 0-9" in one_error_line(result), args
+    latin1 = tmp_path / "export.csv"
+    latin1.write_bytes(b"id,plan,balance\nok-1,standard,1\ncaf\xe9,standard,1\n")
+    result = await run_cli(env, "accounts", "import", str(latin1))
+    assert result.returncode == 1
+    assert one_error_line(result).endswith(
+        f"{latin1}:3: not UTF-8 text (byte 0xe9); save the file as UTF-8")
+    both = await run_cli(env, "accounts", "auto-recharge", "acct-1", "--amount", "5",
+                         "--below", "2", "--off")
+    assert both.returncode == 1 and "--off" in one_error_line(both)
+    assert await pool.fetchval("SELECT count(*) FROM accounts") == 1
