@@ -6,7 +6,8 @@ for good, a recharge smaller than the deficit, or one that ended ``failed`` or
 recharge ever came. The sweeper does not wait for a crossing: every account with
 automatic recharge on (so not turned off by declines), below its threshold, nothing in
 flight and under its daily limit is *due*, and gets a recharge requested, keyed as a
-``balance.low`` handler would key it (``recharge_requests.recharge_key``).
+``balance.low`` handler would key it (``recharge_requests.recharge_key``). An account
+below its threshold at its daily limit is swept too, once, for ``recharge.limited``.
 """
 
 from __future__ import annotations
@@ -25,18 +26,28 @@ from rating.stores.recharge_requests import (
 
 # Accounts with automatic recharge on are few beside the rest (a partial index holds
 # them), and each one's recharges are read by index.
-_DUE = f"""
+_BELOW = """
 FROM accounts a
 WHERE a.auto_recharge_enabled AND a.balance < a.low_balance_threshold
   AND NOT EXISTS (SELECT 1 FROM recharges r WHERE r.account_id = a.id
                   AND r.status IN ('requested', 'charging', 'pending'))
-  AND (SELECT count(*) FROM recharges r WHERE r.account_id = a.id AND r.status = 'succeeded'
-       AND r.settled_at > now() - {WINDOW}) < a.auto_recharge_max_per_day
+"""
+_SUCCEEDED_IN_WINDOW = f"""(SELECT count(*) FROM recharges r WHERE r.account_id = a.id
+       AND r.status = 'succeeded' AND r.settled_at > now() - {WINDOW})"""
+_DUE = _BELOW + f"  AND {_SUCCEEDED_IN_WINDOW} < a.auto_recharge_max_per_day\n"
+# Below the threshold at the daily limit, and not yet told: the recharge the account
+# needs is refused by the limit, and recharge.limited says so now, not at the next
+# balance.low (request_recharge announces it, once in 24 hours).
+_LIMITED_UNSAID = _BELOW + f"""  AND {_SUCCEEDED_IN_WINDOW} >= a.auto_recharge_max_per_day
+  AND (a.recharge_limited_at IS NULL OR a.recharge_limited_at <= now() - {WINDOW})
 """
 
+
 async def due_accounts(pool: asyncpg.Pool, limit: int) -> list[str]:
-    """Ids of accounts due a recharge, at most ``limit``."""
-    rows = await pool.fetch("SELECT a.id " + _DUE + " ORDER BY a.id LIMIT $1", limit)
+    """Ids of accounts due a recharge, or due ``recharge.limited``; at most ``limit``."""
+    rows = await pool.fetch(
+        f"(SELECT a.id {_DUE}) UNION (SELECT a.id {_LIMITED_UNSAID}) ORDER BY id LIMIT $1",
+        limit)
     return [r["id"] for r in rows]
 
 

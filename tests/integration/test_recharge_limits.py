@@ -151,3 +151,25 @@ async def test_the_limit_is_a_rolling_24_hours_and_limited_is_said_once_a_day(
     await set_max_per_day(pool, "acct-1", 3)
     assert await service.sweep() == ["succeeded"]
     assert len(provider.captured()) == 4
+
+
+async def test_an_account_left_below_at_its_limit_is_told_by_the_sweeper_once(
+        pool: asyncpg.Pool) -> None:
+    """The day's one recharge does not lift the balance above the threshold: the next
+    recharge it needs is refused by the limit, and recharge.limited says so at once, not
+    at the next balance.low, which may never come."""
+    await make_account(pool, balance="10.00", recharge="1.00", below="5.00")
+    await set_max_per_day(pool, "acct-1", 1)
+    provider = SimulatedProvider()
+    service = RechargeService(pool, provider, FAST)
+    await cross_below(pool)  # 1.00
+    assert await service.on_balance_low("acct-1", (await crossings(pool))[-1]) == "succeeded"
+    assert await balance(pool, "acct-1") == EUR("2.00")  # still below 5.00
+    assert await events(pool, "recharge.limited") == []
+    assert await service.sweep() == ["limited"]
+    [limited] = await events(pool, "recharge.limited")
+    assert limited["max_per_day"] == 1 and limited["recharges_in_24h"] == 1
+    assert await service.sweep() == []  # said once
+    assert len(await events(pool, "recharge.limited")) == 1
+    assert len(provider.captured()) == 1  # and no card charged past the limit
+    assert await unserved_accounts(pool) == 0  # limited is not unserved
