@@ -208,6 +208,7 @@ def _read_plan(loader: TariffLoader, path: Path) -> _Found | None:
 
 
 _DeckBuilder = Callable[[TariffLoader, str, int, Increment, Named], _Deck | None]
+_STAND_IN_INCREMENT = Increment(1, 1)  # for checking a rates file whose plan's is invalid
 
 
 def _timed_service(
@@ -222,9 +223,15 @@ def _timed_service(
     rel = plan_file.string(table, "services", name, "rates")
     inc = plan_file.increment(table, "services", name, "increment")
     fee = plan_file.amount(table, "services", name, "connect_fee", default="0")
-    if rel is None or inc is None or fee is None:
+    if rel is None:
         return None
     named_at = (plan_file.rel, plan_file.at("services", name, "rates"))
+    if inc is None or fee is None:
+        # No row check needs the plan's defaults: check the file anyway so one run lists
+        # its errors too, not only after the plan is fixed. The plan is already failed
+        # (plan_file.ok), so the deck, built on stand-in defaults, is thrown away.
+        build(plan_file.loader, rel, 0, _STAND_IN_INCREMENT, named_at)
+        return None
     return _cached(
         plan_file, cache, (rel, fee, inc), lambda: build(plan_file.loader, rel, fee, inc, named_at)
     )
@@ -302,7 +309,9 @@ def _collect(root: Path) -> tuple[TariffBook | None, list[TariffIssue]]:
                 f"plan {version.plan_id!r} is in {other.version.currency} in "
                 f"{other.file}; every version must keep one currency",
             )
-    issues = list(dict.fromkeys(loader.issues))
+    # A file shared by several plans is read once per plan when they fail: list its issues
+    # once. Sorted by file, then line (stable, so one line's issues keep their order).
+    issues = sorted(dict.fromkeys(loader.issues), key=lambda issue: (issue.file, issue.line))
     if issues:
         return None, issues
     return TariffBook([plan.version for plan in found]), []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -330,6 +331,26 @@ def test_every_issue_is_listed(root: Path) -> None:
         "rates/p/call.csv:7: bad decimal for rate: not a decimal amount: 'bad'",
         "rates/p/sms.csv:2: negative rate '-1'",
     ]
+
+
+def test_plan_error_does_not_hide_its_rates_file_errors(tmp_path: Path) -> None:
+    # Rows do not depend on the plan's defaults: one run lists the errors of both files.
+    root = Path(shutil.copytree(SHIPPED, tmp_path / "tariffs"))
+    call = root / "rates/standard/call.csv"
+    call.write_text(call.read_text() + "XX,,0.01,,\nDE,4999,abc,,\nGB,,0.02,,\nFR,33a,0.02,,\n")
+    plan = root / "plans/standard.toml"
+    plan.write_text(plan.read_text().replace('increment = "60/60"', 'increment = "60/0"', 1))
+    expected = [
+        "plans/standard.toml:9: increment step must be an integer >= 1, got 0 (both >= 1)",
+        "rates/standard/call.csv:94: unknown country code 'XX'",
+        "rates/standard/call.csv:95: bad decimal for rate: not a decimal amount: 'abc'",
+        "rates/standard/call.csv:96: duplicate country row 'GB' (first at line 4)",
+        "rates/standard/call.csv:97: prefix must be digits (at most 15): '33a'",
+    ]
+    assert issues(root) == expected
+    with pytest.raises(TariffError) as caught:
+        load_tariffs(root)
+    assert [str(issue) for issue in caught.value.issues] == expected
 
 
 def test_plan_versions(root: Path) -> None:
