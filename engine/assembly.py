@@ -59,7 +59,7 @@ from engine.supervision import (
 from rating.payments.provider import PaymentProvider
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore
-from rating.stores.db import connection, create_pool
+from rating.stores.db import DatabaseProbe, connection, create_pool
 from rating.stores.plans_in_use import plans_in_use
 from rating.stores.recharges import RechargePolicy
 from rating.stores.reservations import ReservationStore
@@ -81,15 +81,12 @@ class Engine:
     consumer: UsageConsumer
     relay: OutboxRelay
     metrics_port: int
+    database_probe: DatabaseProbe  # the API pool's, for /readyz
     http_port: int = 0  # where the account API (and the billing page) listens, once started
 
     async def readiness(self) -> dict[str, bool]:
-        try:
-            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 2)
-            database = True
-        except Exception:  # any failure means not ready; the reason is in the logs
-            database = False
-        return {"database": database, "tariffs": self.tariffs.book is not None,
+        # A failed probe means not ready; the reason is in the logs.
+        return {"database": await self.database_probe(), "tariffs": self.tariffs.book is not None,
                 "kafka": not self.consumer.stopping.is_set()}
 
 
@@ -261,8 +258,10 @@ async def _start_and_run(settings: Settings, ends: Endpoints, pools: Pools,
     tasks.append(asyncio.create_task(keep_running("outbox-relay", relay.run, stop),
                                      name="outbox-relay"))
     tasks.append(asyncio.create_task(watch_loop_lag(stop), name="loop-lag"))
+    probe = DatabaseProbe(pools.api)
+    stack.push_async_callback(probe.close)
     engine = Engine(settings, ends, pools.api, pool, producer, tariffs, consumer, relay,
-                    metrics_port)
+                    metrics_port, probe)
     extras = await until_stopped(_start_extras(engine, stack, stop, provider), stop)
     engine.http_port = extras.http_port
     tasks += extras.tasks

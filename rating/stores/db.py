@@ -120,3 +120,38 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
             f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {reason}") from exc
     return pool
 
+
+
+class DatabaseProbe:
+    """``SELECT 1`` answered within ``timeout_s``, for /readyz.
+
+    It never waits past its deadline: a server that hangs (neither answering nor
+    refusing) would otherwise hold the probe, and /readyz, until the query's own
+    timeout, since cancelling a query waits for the server too. The query is left to
+    finish alone, and only one is in flight at a time: while it hangs, every probe
+    answers "down" after ``timeout_s``.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, timeout_s: float = 2.0) -> None:
+        self._pool = pool
+        self._timeout_s = timeout_s
+        self._query: asyncio.Task[object] | None = None
+
+    async def __call__(self) -> bool:
+        if self._query is None or self._query.done():
+            self._query = asyncio.create_task(self._pool.fetchval("SELECT 1"))
+            self._query.add_done_callback(_read_outcome)
+        done, _ = await asyncio.wait({self._query}, timeout=self._timeout_s)
+        return bool(done) and not self._query.cancelled() and self._query.exception() is None
+
+    async def close(self) -> None:
+        if self._query is not None and not self._query.done():
+            self._query.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._query, 1.0)
+
+
+def _read_outcome(task: asyncio.Task[object]) -> None:
+    """A failed probe is "down", said by /readyz; its exception needs no other reader."""
+    if not task.cancelled():
+        task.exception()
