@@ -78,6 +78,10 @@ EVENT_TO_COMMIT_SECONDS = BatchHistogram(
 CONSUMER_LAG = Gauge(
     "rating_consumer_lag_events", "Events in the partition not yet consumed.",
     ["topic", "partition"])
+UNBILLED_BATCH_AGE = Gauge(
+    "rating_unbilled_batch_age_seconds",
+    "Seconds since the oldest usage batch this instance has read but not yet billed and "
+    "acknowledged was read (0: none waiting). Grows while a dependency hangs.")
 LAST_COMMIT_TIMESTAMP = Gauge(
     "rating_last_offset_commit_timestamp_seconds",
     "When this instance last committed usage offsets (Unix time).")

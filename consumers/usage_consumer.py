@@ -25,7 +25,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+import weakref
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -62,6 +63,11 @@ __all__ = ["UsageConsumer", "fetch_settings"]
 
 log = logging.getLogger(__name__)
 
+# The consumers of this process, for the unbilled-batch gauge (read when scraped).
+_LIVE: weakref.WeakSet[UsageConsumer] = weakref.WeakSet()
+metrics.UNBILLED_BATCH_AGE.set_function(
+    lambda: max((c.unbilled_age() for c in _LIVE), default=0.0))
+
 _SLICE = 100  # events decoded or rated between two yields to the event loop
 
 
@@ -94,6 +100,12 @@ class UsageConsumer:
         self._started = False
         self._closed = False
         self.batches_committed = 0
+        # When each batch read and not yet acknowledged was read, oldest first (the
+        # pipeline holds up to three); and, after a failure rewound them, when the
+        # oldest of those was read: they are read again, still unbilled.
+        self._unbilled: deque[float] = deque()
+        self._unbilled_since: float | None = None
+        _LIVE.add(self)
         self._lag_updated = 0.0
         self._lag_labels: set[tuple[str, str]] = set()
 
@@ -136,8 +148,18 @@ class UsageConsumer:
             self._rewind()
             await sleep_unless(self.stopping, delay)
 
+    def unbilled_age(self) -> float:
+        """Seconds since the oldest batch read and not yet acknowledged was read."""
+        first = self._unbilled[0] if self._unbilled else None
+        oldest = [t for t in (self._unbilled_since, first) if t is not None]
+        return time.monotonic() - min(oldest) if oldest else 0.0
+
     def _rewind(self) -> None:
         """Read again from the first offset not committed, on the partitions still ours."""
+        if self._unbilled:
+            self._unbilled_since = min(self._unbilled_since or self._unbilled[0],
+                                       self._unbilled[0])
+            self._unbilled.clear()
         assigned = self._consumer.assignment()
         for tp, offset in self._uncommitted.items():
             if tp in assigned:
@@ -157,6 +179,7 @@ class UsageConsumer:
         try:
             while not self.stopping.is_set():
                 polled = await self._poll()
+                polled_at = time.monotonic()
                 await self._update_lag()
                 staged = await self._prepare(polled.records) if polled.records else None
                 if writing is not None:
@@ -167,6 +190,7 @@ class UsageConsumer:
                 if staged is None:
                     continue
                 prepared, debit, rejected = staged
+                self._unbilled.append(polled_at)
                 writing = asyncio.create_task(self._write(debit))
                 acknowledging = asyncio.create_task(
                     self._acknowledge(polled, prepared, rejected, writing, acknowledging))
@@ -267,6 +291,9 @@ class UsageConsumer:
         if rejected:
             await self._dead_letters.publish(rejected, self._halt)
         await self._commit(polled)
+        if self._unbilled:  # this batch's: acknowledgements run in batch order
+            self._unbilled.popleft()
+        self._unbilled_since = None
         self._count(isolated.result, rejected)
         if prepared.repeated:
             metrics.EVENTS_DUPLICATE.inc(prepared.repeated)
@@ -322,5 +349,6 @@ class UsageConsumer:
         if self._closed:
             return
         self._closed = True
+        _LIVE.discard(self)
         if self._starting:
             await self._consumer.stop()
