@@ -69,7 +69,7 @@ async def record_decline(pool: asyncpg.Pool, claim: RechargeAttempt, result: Pay
         if retry_at is None:  # recorded already by another worker
             return outcome
         extra: dict[str, object] = {
-            "reason": reason, "final": "true" if final else "false",
+            "reason": reason, "final": final,
             "decline": "hard" if result.hard else "soft", "payment_id": result.payment_id}
         if not final:
             extra["next_attempt_at"] = retry_at.isoformat().replace("+00:00", "Z")

@@ -258,7 +258,7 @@ class RechargeService:
                         " WHERE id = $1", claim.id, reason)
                     await insert_events(conn, [recharge_event(
                         claim, "recharge.failed", "recharge.cancelled", account,
-                        {"reason": reason, "final": "true", "cancelled": "true"})])
+                        {"reason": reason, "final": True, "cancelled": True})])
                     return "cancelled"
                 # A retry charges the amount the customer has configured now.
                 claim = RechargeAttempt(claim.id, claim.crossing_id, claim.account_id,

@@ -71,7 +71,7 @@ async def test_a_declining_card_is_retried_at_the_waits_then_turned_off(
         f"recharge/{crossing}/{n}" for n in (1, 2, 3)]
     failed = await events(pool, "recharge.failed")
     assert [(e["attempt"], e["amount"], e["final"]) for e in failed] == [
-        (1, "20.000000", "false"), (2, "20.000000", "false"), (3, "20.000000", "true")]
+        (1, "20.000000", False), (2, "20.000000", False), (3, "20.000000", True)]
     assert [e["attempt"] for e in await events(pool, "recharge.requested")] == [1, 2, 3]
     [disabled] = await events(pool, "recharge.disabled")
     assert disabled["reason"] == "attempts_exhausted"
@@ -126,7 +126,7 @@ async def test_a_hard_decline_turns_automatic_recharge_off_at_once(pool: asyncpg
     assert [status for _, status in await recharges(pool)] == ["failed"]
     [failed] = await events(pool, "recharge.failed")
     assert (failed["reason"], failed["decline"], failed["final"]) == (
-        "card_closed", "hard", "true")
+        "card_closed", "hard", True)
     [disabled] = await events(pool, "recharge.disabled")
     assert (disabled["reason"], disabled["attempt"], disabled["amount"]) == (
         "hard_decline", 1, "20.000000")

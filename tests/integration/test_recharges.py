@@ -164,7 +164,7 @@ async def test_a_decline_announces_failure_and_retries_later_not_at_once(
     assert await service.on_balance_low("acct-1", crossing) == "declined"
     extra = orjson.loads(await pool.fetchval(
         "SELECT extra FROM outbox WHERE type = 'recharge.failed'"))
-    assert extra["reason"] == "card_declined" and extra["final"] == "false"
+    assert extra["reason"] == "card_declined" and extra["final"] is False
     assert extra["attempt"] == 1 and extra["amount"] == "20.000000"
     assert await credits(pool, "recharge") == []
     assert await balance(pool) == EUR("4.00")
@@ -200,9 +200,9 @@ async def test_declines_give_up_after_the_last_attempt(pool: asyncpg.Pool) -> No
     assert len(provider.payments) == 3
     assert len({p.idempotency_key for p in provider.payments}) == 3
     assert await pool.fetchval("SELECT status FROM recharges") == "failed"
-    finals = await pool.fetch("SELECT extra->>'final' AS final FROM outbox"
+    finals = await pool.fetch("SELECT (extra->'final')::boolean AS final FROM outbox"
                               " WHERE type = 'recharge.failed' ORDER BY seq")
-    assert [r["final"] for r in finals] == ["false", "false", "true"]
+    assert [r["final"] for r in finals] == [False, False, True]
     assert await balance(pool) == EUR("4.00")
 
 
