@@ -57,7 +57,7 @@ from engine.supervision import (
     until_stopped,
 )
 from rating.payments.provider import PaymentProvider
-from rating.settings import Settings
+from rating.settings import Settings, SettingsError
 from rating.stores.accounts import AccountStore
 from rating.stores.db import DatabaseProbe, connection, create_pool
 from rating.stores.plans_in_use import plans_in_use
@@ -90,6 +90,16 @@ class Engine:
                 "kafka": not self.consumer.stopping.is_set()}
 
 
+def check_startable(settings: Settings) -> None:
+    """Settings that can only fail later, refused before anything starts: one line each."""
+    if settings.metrics_port and settings.metrics_port == settings.http_port:
+        raise SettingsError(f"RATING_METRICS_PORT: {settings.metrics_port} is RATING_HTTP_PORT"
+                            " too; each needs its own port")
+    if not settings.tariffs_dir.is_dir():
+        raise SettingsError(f"RATING_TARIFFS_DIR: {settings.tariffs_dir} is not a directory"
+                            " (the billing team's tariff files)")
+
+
 def load_tariff_store(settings: Settings) -> TariffStore:
     store = TariffStore(settings.tariffs_dir)
     # A large deck is ~100 000 long-lived objects: keep them out of every full
@@ -113,6 +123,7 @@ async def serve(settings: Settings, *, on_started: OnStarted | None = None,
     """
     provider = provider or configured_provider(settings)  # none: refused before anything
     quiet_repeated_client_lines()
+    check_startable(settings)
     check_listen(settings.http_host, settings.metrics_port, "RATING_METRICS_PORT")
     check_listen(settings.http_host, settings.http_port, "RATING_HTTP_PORT")
     loading = asyncio.create_task(asyncio.to_thread(TariffStore, settings.tariffs_dir))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -32,13 +34,27 @@ class Endpoints:
     embedded_pids: tuple[int, ...]
 
 
+def embedded_dir(settings: Settings, name: str) -> Path:
+    """``RATING_DATA_DIR/name``, made if needed, for an embedded service; a path that
+    cannot be a directory is one line naming the setting, before the service starts."""
+    path = settings.data_dir / name
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(f"RATING_DATA_DIR: cannot keep the embedded services' files in"
+                            f" {settings.data_dir}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SettingsError(f"RATING_DATA_DIR: {path} is not writable")
+    return path
+
+
 @contextlib.asynccontextmanager
 async def database_url(settings: Settings) -> AsyncIterator[tuple[str, int | None]]:
     """The configured DSN, or an embedded server's (stopped on exit if we started it)."""
     if settings.database_url is not None:
         yield settings.database_url, None
         return
-    async with EmbeddedPostgres(settings.data_dir / "postgres") as pg:
+    async with EmbeddedPostgres(embedded_dir(settings, "postgres")) as pg:
         yield pg.dsn, pg.pid
 
 
@@ -58,7 +74,7 @@ async def kafka_bootstrap(settings: Settings) -> AsyncIterator[tuple[str, int | 
     if settings.kafka_bootstrap is not None:
         yield ",".join(settings.kafka_bootstrap), None
         return
-    async with EmbeddedBroker(settings.data_dir / "broker") as broker:
+    async with EmbeddedBroker(embedded_dir(settings, "broker")) as broker:
         yield broker.bootstrap, broker.pid
 
 

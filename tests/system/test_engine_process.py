@@ -249,6 +249,10 @@ async def test_accounts_create_and_show_with_embedded_postgres_survive_a_restart
     ({"RATING_METRICS_PORT": "ninety"}, "RATING_METRICS_PORT"),
     ({"RATING_DATABASE_URL": "postgresql://rating@127.0.0.1:1/rating",
       "RATING_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "cannot connect to PostgreSQL"),
+    ({"RATING_DATA_DIR": "/proc/no-such-place"}, "RATING_DATA_DIR"),
+    ({"RATING_DATA_DIR": __file__}, "RATING_DATA_DIR"),  # a file, not a directory
+    ({"RATING_METRICS_PORT": "18999", "RATING_HTTP_PORT": "18999"}, "RATING_METRICS_PORT"),
+    ({"RATING_TARIFFS_DIR": "/no/such/tariffs"}, "RATING_TARIFFS_DIR"),
 ])
 async def test_bad_configuration_fails_with_one_clear_line(
         tmp_path: Path, variables: dict[str, str], needle: str) -> None:
@@ -256,6 +260,7 @@ async def test_bad_configuration_fails_with_one_clear_line(
     env.update({"RATING_DATA_DIR": str(tmp_path / "data"),
                 "RATING_PAYMENT_SIMULATION": "succeed", **variables})
     result = run_cli(env, "run")
+    assert result.returncode == 2 or "RATING_" not in needle, result.stderr  # settings: 2
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
