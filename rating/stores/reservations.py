@@ -25,6 +25,7 @@ from rating.core.errors import (
     UnknownAccount,
     UnknownReservation,
 )
+from rating.core.money import format_amount
 from rating.core.pricing import Increment, TimedRate
 
 ReservedService = Literal["call", "tollfree"]
@@ -131,7 +132,7 @@ class ReservationStore:
         outcome, available, raw = _unpack(row, account_id)
         if outcome == "refused":
             raise InsufficientCredit(
-                f"available credit {available} micro-units does not cover the first"
+                f"available credit {format_amount(available)} does not cover the first"
                 f" increment of this {leg.service}")
         assert raw is not None
         reservation = Reservation.from_json(raw)
@@ -154,7 +155,7 @@ class ReservationStore:
                 f"reservation {reservation_id!r} is {reservation.status}: reserve again")
         if outcome == "refused":
             raise InsufficientCredit(
-                f"available credit {available} micro-units does not cover one more"
+                f"available credit {format_amount(available)} does not cover one more"
                 f" increment (granted {reservation.granted_seconds} s so far)")
         return Outcome(reservation, True, available)
 

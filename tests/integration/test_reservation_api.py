@@ -109,6 +109,8 @@ async def test_no_credit_no_grant(api: Api) -> None:
     await api.pool.execute("UPDATE accounts SET balance = 50000, opening_balance = 50000")
     status, body = await api.call("POST", BASE, CALL, headers=SWITCH)
     assert (status, body["error"]["code"]) == (402, "insufficient_credit")
+    # Money in the message as the API shows it everywhere, never in micro-units.
+    assert body["error"]["message"].startswith("available credit 0.050000 does not cover")
     assert_matches(body, "Error")
     assert await api.pool.fetchval("SELECT held FROM accounts") == 0
     assert await api.pool.fetchval("SELECT count(*) FROM reservations") == 0
