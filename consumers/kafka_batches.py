@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from consumers import metrics
-from consumers.retry import Backoff
+from consumers.retry import Backoff, describe
 
 log = logging.getLogger(__name__)
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
@@ -25,7 +25,7 @@ async def poll_partitions(consumer: AIOKafkaConsumer,
             timeout_ms=200, max_records=max_records)
     except KafkaError as exc:
         metrics.TRANSIENT_ERRORS.labels("kafka").inc()
-        log.warning("fetch failed (%s); retrying", exc)
+        log.warning("fetch failed (%s); retrying", describe(exc))
         await Backoff(0.5, 0.5).wait()  # between half a second and a second
         return {}
     return fetched

@@ -32,7 +32,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from consumers import metrics
-from consumers.retry import Backoff, sleep_unless, transient_dependency
+from consumers.retry import Backoff, describe, sleep_unless, transient_dependency
 from rating.stores.db import connection
 from rating.stores.outbox import cloud_event
 
@@ -104,7 +104,7 @@ class OutboxRelay:
                     continue
                 metrics.TRANSIENT_ERRORS.labels(dependency).inc()
                 delay = await backoff.wait(self.stopping)
-                log.warning("outbox relay failed (%s); retried after %.1f s", exc, delay)
+                log.warning("outbox relay failed (%s); retried after %.1f s", describe(exc), delay)
                 continue
             if sent < self._batch:
                 await sleep_unless(self.stopping, self._idle_poll_s)

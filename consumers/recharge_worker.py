@@ -22,7 +22,12 @@ from prometheus_client import Counter, Gauge
 
 from consumers import metrics
 from consumers.kafka_batches import Record, commit_past, poll_records
-from consumers.retry import StoppedWhileRetrying, retry_transient, transient_dependency
+from consumers.retry import (
+    StoppedWhileRetrying,
+    describe,
+    retry_transient,
+    transient_dependency,
+)
 from rating.core.errors import InvalidEvent
 from rating.core.thresholds import LOW
 from rating.payments.provider import PaymentProvider
@@ -174,7 +179,7 @@ class RechargeWorker:
                     log.exception("%s failed", what)
                 else:
                     metrics.TRANSIENT_ERRORS.labels(dependency).inc()
-                    log.warning("%s failed (%s); trying again next tick", what, exc)
+                    log.warning("%s failed (%s); trying again next tick", what, describe(exc))
 
     async def _run_due(self) -> None:
         for outcome in await self.recharges.run_due():

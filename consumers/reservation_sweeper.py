@@ -17,7 +17,7 @@ import logging
 from prometheus_client import Counter, Gauge
 
 from consumers import metrics
-from consumers.retry import Backoff, sleep_unless, transient_dependency
+from consumers.retry import Backoff, describe, sleep_unless, transient_dependency
 from rating.stores.reservations import ReservationStore
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ class ReservationSweeper:
                 else:
                     metrics.TRANSIENT_ERRORS.labels(dependency).inc()
                 delay = await backoff.wait(self.stopping)
-                log.warning("reservation sweep failed (%s); retried after %.1f s", exc, delay)
+                log.warning("reservation sweep failed (%s); retried after %.1f s", describe(exc),
+                            delay)
                 continue
             await sleep_unless(self.stopping, self._interval_s)
 
@@ -82,7 +83,8 @@ class ReservationSweeper:
                     raise
                 # One account's rows must not keep every other account's credit held:
                 # sweep them one by one, and leave the failing one for a person.
-                log.error("reservation sweep failed (%s); sweeping account by account", exc)
+                log.error("reservation sweep failed (%s); sweeping account by account",
+                          describe(exc))
                 return total + await self._sweep_each()
             expired = sum(e.expired for e in swept)
             RESERVATIONS_EXPIRED.inc(expired)

@@ -91,6 +91,13 @@ def transient_dependency(exc: BaseException) -> str | None:
     return None
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message``, or the type alone when the message is empty (a timeout, a
+    dropped connection): a log line never says "failed ()"."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 async def retry_transient(op: Callable[[], Awaitable[T]], *, what: str,
                           stopping: asyncio.Event, first_delay_s: float = 0.1,
                           max_delay_s: float = 5.0) -> T:
@@ -103,7 +110,7 @@ async def retry_transient(op: Callable[[], Awaitable[T]], *, what: str,
             if dependency is None:
                 raise
             TRANSIENT_ERRORS.labels(dependency).inc()
-            log.warning("%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
+            log.warning("%s failed (%s); retrying", what, describe(exc))
         if stopping.is_set():
             raise StoppedWhileRetrying(what)
         await backoff.wait(stopping)
