@@ -18,6 +18,7 @@ from api.access import CUSTOMER, OPERATOR, SWITCH, Authenticator, access_control
 from api.account_billing import AccountBilling
 from api.audit_trail import audit_writes
 from api.billing_page import BillingPage
+from api.deadline import read_deadlines
 from api.explain import DlqSearch, ExplainRoutes
 from api.http_json import (
     RETRY_AFTER_SECONDS,
@@ -103,7 +104,8 @@ class HttpApi:
                                       switch_token=self._settings.switch_token,
                                       sessions=self._sessions.account_of)
         app = web.Application(
-            middlewares=[request_metrics, audit_writes(self._store.pool), errors_as_json,
+            middlewares=[request_metrics, read_deadlines(), audit_writes(self._store.pool),
+                         errors_as_json,
                          access_control(authenticator, https_only=(
                              self._settings.public_url or "").startswith("https://")),
                          account_ids],
