@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from api.http_json import Handler, unavailable_response
+from rating.stores.db import finish_alone
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,10 @@ def read_deadlines(deadlines: dict[str, float] | None = None
         if done:
             return work.result()
         work.cancel()  # not awaited: the cancellation itself may wait for the server
-        work.add_done_callback(_read_outcome)
+        finish_alone(work)
         log.warning("GET %s: no answer within %g s; answered 503 (is the database hanging?)",
                     request.path, seconds)
         return unavailable_response("store_unavailable")
 
     return middleware
 
-
-def _read_outcome(task: asyncio.Future[web.StreamResponse]) -> None:
-    if not task.cancelled():
-        task.exception()

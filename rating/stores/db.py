@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import asyncpg
 import asyncpg.pool
@@ -140,7 +140,7 @@ class DatabaseProbe:
     async def __call__(self) -> bool:
         if self._query is None or self._query.done():
             self._query = asyncio.create_task(self._pool.fetchval("SELECT 1"))
-            self._query.add_done_callback(_read_outcome)
+            finish_alone(self._query)
         done, _ = await asyncio.wait({self._query}, timeout=self._timeout_s)
         return bool(done) and not self._query.cancelled() and self._query.exception() is None
 
@@ -151,7 +151,13 @@ class DatabaseProbe:
                 await asyncio.wait_for(self._query, 1.0)
 
 
-def _read_outcome(task: asyncio.Task[object]) -> None:
-    """A failed probe is "down", said by /readyz; its exception needs no other reader."""
+def finish_alone(task: asyncio.Future[Any]) -> None:
+    """Let ``task`` end without anyone awaiting it (work left to a server that hangs):
+    its outcome is read when it ends, so a failure is not reported as never retrieved.
+    Whoever gave up on it has already answered for it (a probe "down", a 503)."""
+    task.add_done_callback(_read_outcome)
+
+
+def _read_outcome(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
