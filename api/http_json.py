@@ -15,7 +15,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from rating.core.errors import ApiError, RatingError, RequestError, TransientError, UnknownAccount
+from rating.core.errors import (
+    ApiError,
+    RatingError,
+    RequestError,
+    TransientError,
+    UnknownAccount,
+    describe,
+)
 from rating.core.money import parse_amount
 from rating.stores.db import is_transient
 
@@ -81,8 +88,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(_status_of(exc), exc.code, exc.message)
     except Exception as exc:
         if is_transient(exc):  # the database dropped, refused or timed out
-            log.warning("%s %s: database unavailable (%s: %s)", request.method, request.path,
-                        type(exc).__name__, exc)
+            log.warning("%s %s: database unavailable (%s)", request.method, request.path,
+                        describe(exc))
             return unavailable_response("store_unavailable")
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error")

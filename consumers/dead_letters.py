@@ -33,7 +33,13 @@ from aiokafka import AIOKafkaProducer
 
 from consumers import metrics
 from consumers.kafka_batches import Record
-from consumers.retry import Backoff, StoppedWhileRetrying, retry_transient, transient_dependency
+from consumers.retry import (
+    Backoff,
+    StoppedWhileRetrying,
+    retry_transient,
+    transient_dependency,
+)
+from rating.core.errors import describe
 from rating.stores.db import connection
 from rating.stores.dead_letters import StoredDeadLetter, keep_dead_letters
 
@@ -158,8 +164,7 @@ class DeadLetterPublisher:
             outage = await self._send_round(items, stage, reasons)
             if outage is not None and _STORE not in stage.values():
                 metrics.TRANSIENT_ERRORS.labels("kafka").inc()
-                log.warning("DLQ publish failed (%s: %s); retrying", type(outage).__name__,
-                            outage)
+                log.warning("DLQ publish failed (%s); retrying", describe(outage))
                 if stopping.is_set():
                     raise StoppedWhileRetrying("DLQ publish")
                 await backoff.wait(stopping)

@@ -32,7 +32,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from consumers import metrics
-from consumers.retry import Backoff, describe, sleep_unless, transient_dependency
+from consumers.retry import Backoff, sleep_unless, transient_dependency
+from rating.core.errors import describe
 from rating.stores.db import connection
 from rating.stores.outbox import cloud_event
 
@@ -99,8 +100,8 @@ class OutboxRelay:
                 if dependency is None:  # a bug, not an outage: never a reason to stop
                     metrics.COMPONENT_FAILURES.labels("outbox-relay").inc()
                     delay = await failures.wait(self.stopping)
-                    log.error("outbox relay failed (%s: %s); retried after %.1f s",
-                              type(exc).__name__, exc, delay, exc_info=exc)
+                    log.error("outbox relay failed (%s); retried after %.1f s",
+                              describe(exc), delay, exc_info=exc)
                     continue
                 metrics.TRANSIENT_ERRORS.labels(dependency).inc()
                 delay = await backoff.wait(self.stopping)

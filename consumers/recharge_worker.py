@@ -24,11 +24,10 @@ from consumers import metrics
 from consumers.kafka_batches import Record, commit_past, poll_records
 from consumers.retry import (
     StoppedWhileRetrying,
-    describe,
     retry_transient,
     transient_dependency,
 )
-from rating.core.errors import InvalidEvent
+from rating.core.errors import InvalidEvent, describe
 from rating.core.thresholds import LOW
 from rating.payments.provider import PaymentProvider
 from rating.settings import Settings

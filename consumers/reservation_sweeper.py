@@ -17,7 +17,8 @@ import logging
 from prometheus_client import Counter, Gauge
 
 from consumers import metrics
-from consumers.retry import Backoff, describe, sleep_unless, transient_dependency
+from consumers.retry import Backoff, sleep_unless, transient_dependency
+from rating.core.errors import describe
 from rating.stores.reservations import ReservationStore
 
 log = logging.getLogger(__name__)

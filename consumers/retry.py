@@ -24,6 +24,7 @@ from aiokafka.errors import (
 )
 
 from consumers.metrics import TRANSIENT_ERRORS
+from rating.core.errors import describe
 from rating.stores.db import is_transient
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,6 @@ def transient_dependency(exc: BaseException) -> str | None:
     if is_transient(exc):
         return "postgresql"
     return None
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message``, or the type alone when the message is empty (a timeout, a
-    dropped connection): a log line never says "failed ()"."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def retry_transient(op: Callable[[], Awaitable[T]], *, what: str,

@@ -38,7 +38,12 @@ from consumers import metrics
 from consumers.dead_letters import DeadLetterPublisher, Rejected
 from consumers.debit_isolation import IsolatedDebit, debit_isolating
 from consumers.kafka_batches import Record, commit_offsets, poll_partitions
-from consumers.retry import Backoff, StoppedWhileRetrying, retry_transient, sleep_unless
+from consumers.retry import (
+    Backoff,
+    StoppedWhileRetrying,
+    retry_transient,
+    sleep_unless,
+)
 from consumers.usage_batches import (
     PreparedBatch,
     count_consumed,
@@ -46,6 +51,7 @@ from consumers.usage_batches import (
     fetch_settings,
     rate_into,
 )
+from rating.core.errors import describe
 from rating.core.events import UsageEvent
 from rating.settings import Settings
 from rating.stores.db import connection
@@ -142,9 +148,8 @@ class UsageConsumer:
                 backoff.reset()
             metrics.COMPONENT_FAILURES.labels("usage-consumer").inc()
             delay = backoff.next_delay()
-            log.error("usage consumer failed (%s: %s); resuming from the first uncommitted "
-                      "offsets in %.1f s", type(failure).__name__, failure, delay,
-                      exc_info=failure)
+            log.error("usage consumer failed (%s); resuming from the first uncommitted "
+                      "offsets in %.1f s", describe(failure), delay, exc_info=failure)
             self._rewind()
             await sleep_unless(self.stopping, delay)
 

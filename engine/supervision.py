@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from consumers import metrics
 from consumers.retry import Backoff, sleep_unless
+from rating.core.errors import describe
 from rating.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ async def keep_running(name: str, run: Callable[[], Awaitable[None]],
                 backoff.reset()
             metrics.COMPONENT_FAILURES.labels(name).inc()
             delay = backoff.next_delay()
-            log.error("%s failed (%s: %s); restarting it in %.1f s", name,
-                      type(exc).__name__, exc, delay, exc_info=exc)
+            log.error("%s failed (%s); restarting it in %.1f s", name, describe(exc), delay,
+                      exc_info=exc)
             await sleep_unless(stopping, delay)
             if stopping.is_set():
                 return

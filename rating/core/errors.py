@@ -244,3 +244,10 @@ class SchemaOutdated(RatingError):
     ``rating-engine migrate`` (as a role that owns the schema) has to run first."""
 
     code = "schema_outdated"
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``, or the type alone when the message is empty (a timeout, a
+    dropped connection): a log line never says "failed ()"."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

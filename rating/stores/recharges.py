@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from rating.core.errors import describe
 from rating.core.money import BALANCE_BOUND, format_amount
 from rating.payments.provider import (
     ChargeRequest,
@@ -226,9 +227,8 @@ class RechargeService:
                 result = await self._provider.charge(ChargeRequest(
                     claim.account_id, claim.amount, claim.currency, claim.key))
         except Exception as exc:  # any provider failure: the claim's expiry asks again
-            log.warning("payment provider failed for recharge %s attempt %d (%s: %s);"
-                        " asking again later", claim.crossing_id, claim.attempt,
-                        type(exc).__name__, exc)
+            log.warning("payment provider failed for recharge %s attempt %d (%s);"
+                        " asking again later", claim.crossing_id, claim.attempt, describe(exc))
             return "unavailable"
         return await self._record(claim, result)
 

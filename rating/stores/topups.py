@@ -20,6 +20,7 @@ from rating.core.errors import (
     PaymentDeclined,
     PaymentUnavailable,
     RatingError,
+    describe,
 )
 from rating.core.identifiers import check_account_id, check_text, credit_key
 from rating.core.money import BALANCE_BOUND, format_amount
@@ -107,8 +108,8 @@ class TopupService:
         except PaymentDeclined:
             raise
         except Exception as exc:
-            log.warning("payment provider failed for top-up %r of %r (%s: %s)",
-                        idempotency_key, account_id, type(exc).__name__, exc)
+            log.warning("payment provider failed for top-up %r of %r (%s)",
+                        idempotency_key, account_id, describe(exc))
             raise PaymentUnavailable(
                 "the payment provider did not answer; retry with the same idempotency key"
             ) from exc
@@ -147,8 +148,8 @@ class TopupService:
                         r["account_id"], r["amount"], r["currency"],
                         "topup/" + credit_key(r["account_id"], r["idempotency_key"])))
             except Exception as exc:  # asked again at the next poll
-                log.warning("payment provider failed settling top-up %s/%s (%s: %s)",
-                            r["account_id"], r["idempotency_key"], type(exc).__name__, exc)
+                log.warning("payment provider failed settling top-up %s/%s (%s)",
+                            r["account_id"], r["idempotency_key"], describe(exc))
                 continue
             try:
                 outcome = await self._record(r["account_id"], r["idempotency_key"],

@@ -1,8 +1,8 @@
-"""How retried failures are described in the logs."""
+"""How failures are described in log lines (rating.core.errors.describe)."""
 
 from __future__ import annotations
 
-from consumers.retry import describe
+from rating.core.errors import describe
 
 
 def test_describe_never_leaves_the_reason_empty() -> None:
