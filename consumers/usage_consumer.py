@@ -161,10 +161,9 @@ class UsageConsumer:
 
     def _rewind(self) -> None:
         """Read again from the first offset not committed, on the partitions still ours."""
-        if self._unbilled:
-            self._unbilled_since = min(self._unbilled_since or self._unbilled[0],
-                                       self._unbilled[0])
-            self._unbilled.clear()
+        if self._unbilled_since is None and self._unbilled:
+            self._unbilled_since = self._unbilled[0]  # older than anything read since
+        self._unbilled.clear()
         assigned = self._consumer.assignment()
         for tp, offset in self._uncommitted.items():
             if tp in assigned:
