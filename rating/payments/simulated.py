@@ -4,11 +4,16 @@ Chosen explicitly (``RATING_PAYMENT_SIMULATION``), never by default in productio
 Every account has a deterministic test card (``sample_card``) unless told it has none
 or that it is expired (``set_card``); a charge on such an account is declined with
 ``no_payment_method`` or ``expired_card``.
+
+Payments live in memory: after a restart the provider knows none of the earlier ones
+(``status`` raises ``UnknownPayment``). Their ids carry a random tag of the instance, so
+that a new payment never answers for an old one, as a real provider's ids never repeat.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,6 +105,7 @@ class SimulatedProvider:
         self._by_key: dict[str, SimulatedPayment] = {}
         self._by_id: dict[str, SimulatedPayment] = {}
         self._clock = clock
+        self._tag = secrets.token_hex(4)  # this instance's payment ids: see the docstring
         self.payments: list[SimulatedPayment] = []
         self.charge_calls = 0
 
@@ -159,7 +165,7 @@ class SimulatedProvider:
         if card_problem is not None:  # nothing to charge, and retrying cannot help
             status, reason, hard = "declined", card_problem, True
         payment = SimulatedPayment(
-            payment_id=f"simpay_{len(self.payments) + 1:06d}",
+            payment_id=f"simpay_{self._tag}_{len(self.payments) + 1:06d}",
             idempotency_key=request.idempotency_key, account_id=request.account_id,
             amount=request.amount, currency=request.currency,
             status=status,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from rating.core.errors import describe
+from rating.core.errors import UnknownPayment, describe
 from rating.core.money import BALANCE_BOUND, format_amount
 from rating.payments.provider import (
     ChargeRequest,
@@ -226,7 +226,9 @@ class RechargeService:
             else:
                 result = await self._provider.charge(ChargeRequest(
                     claim.account_id, claim.amount, claim.currency, claim.key))
-        except Exception as exc:  # any provider failure: the claim's expiry asks again
+        except UnknownPayment:
+            raise  # the provider has no such payment: marked by _attempt_alone, asked later
+        except Exception as exc:  # any other provider failure: the claim's expiry asks again
             log.warning("payment provider failed for recharge %s attempt %d (%s);"
                         " asking again later", claim.crossing_id, claim.attempt, describe(exc))
             return "unavailable"

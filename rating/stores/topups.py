@@ -20,6 +20,7 @@ from rating.core.errors import (
     PaymentDeclined,
     PaymentUnavailable,
     RatingError,
+    UnknownPayment,
     describe,
 )
 from rating.core.identifiers import check_account_id, check_text, credit_key
@@ -147,6 +148,10 @@ class TopupService:
                     result = await self._provider.charge(ChargeRequest(
                         r["account_id"], r["amount"], r["currency"],
                         "topup/" + credit_key(r["account_id"], r["idempotency_key"])))
+            except UnknownPayment as exc:
+                # The provider has no such payment: asking at every poll cannot help.
+                await self._set_aside(r, exc)
+                continue
             except Exception as exc:  # asked again at the next poll
                 log.warning("payment provider failed settling top-up %s/%s (%s)",
                             r["account_id"], r["idempotency_key"], describe(exc))

@@ -249,6 +249,27 @@ async def test_a_delayed_settlement_credits_once_later(pool: asyncpg.Pool) -> No
     assert await balance(pool) == EUR("24.00")
 
 
+async def test_a_pending_payment_the_provider_no_longer_knows_is_marked_never_credited(
+        pool: asyncpg.Pool) -> None:
+    await make_account(pool)
+    await debit(pool, "acct-1", "6.00")
+    [crossing] = await crossings(pool)
+    before = RechargeService(pool, SimulatedProvider("delay:60"), FAST)
+    assert await before.on_balance_low("acct-1", crossing) == "pending"
+    # The provider restarts and forgets its payments (as the simulated one does); its
+    # first new payment must not answer for the old one.
+    provider = SimulatedProvider("succeed")
+    await TopupService(pool, provider, FAST).topup("acct-1", EUR("1.00"), "other")
+    await asyncio.sleep(0.2)
+    assert await RechargeService(pool, provider, FAST).settle_pending() == ["error"]
+    row = await pool.fetchrow("SELECT status, errors, last_error, next_attempt_at > now()"
+                              " + interval '1 second' AS later FROM recharges")
+    assert (row["status"], row["errors"], row["later"]) == ("pending", 1, True)
+    assert "UnknownPayment" in row["last_error"]
+    assert await credits(pool, "recharge") == []
+    assert await balance(pool) == EUR("5.00")
+
+
 async def test_an_unanswered_charge_is_asked_again_with_the_same_key(
         pool: asyncpg.Pool) -> None:
     await make_account(pool)

@@ -155,6 +155,30 @@ async def test_a_topup_that_cannot_be_credited_does_not_block_the_next(
         BALANCE_BOUND - 1)
 
 
+async def test_a_payment_the_provider_no_longer_knows_is_set_aside_never_credited(
+        pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture) -> None:
+    store = AccountStore(pool)
+    await store.create_many(NewAccount(a, "standard", "EUR") for a in ("acct-a", "acct-b"))
+    before = TopupService(pool, SimulatedProvider("delay:60"), FAST)
+    assert (await before.topup("acct-a", parse_amount("5"), "k")).status == "pending"
+    # The provider restarts and forgets its payments (as the simulated one does); its
+    # first new payment, for another account, must not answer for acct-a's.
+    after = TopupService(pool, SimulatedProvider("succeed"), FAST)
+    assert (await after.topup("acct-b", parse_amount("7"), "k")).status == "succeeded"
+    await asyncio.sleep(0.2)
+    with caplog.at_level(logging.DEBUG, logger="rating.stores.topups"):
+        assert await after.settle_pending() == 0
+        await asyncio.sleep(0.2)
+        assert await after.settle_pending() == 0  # not asked again at every poll
+    row = await pool.fetchrow("SELECT * FROM topup_payments WHERE account_id = 'acct-a'")
+    assert (row["status"], row["failures"]) == ("pending", 1)
+    assert row["last_error"].startswith("unknown_payment")
+    assert after.settle_failures == 1
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+    balances = dict(await pool.fetch("SELECT id, balance FROM accounts"))
+    assert balances == {"acct-a": 0, "acct-b": parse_amount("7")}
+
+
 async def test_a_reload_that_drops_a_plan_accounts_are_on_is_refused(
         pool: asyncpg.Pool, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     tariffs = Path(shutil.copytree(REPO / "tests" / "fixtures" / "tariffs", tmp_path / "t"))
