@@ -218,9 +218,10 @@ class HttpApi:
         totals = await self._store.usage_by_service(account_id, since)
         services = {}
         for service in SERVICES:
-            debited, accrued, events = totals.get(service, (0, 0, 0))
+            debited, accrued, events, uses = totals.get(service, (0, 0, 0, 0))
             services[service] = {"debited": format_amount(debited),
-                                 "accrued": format_amount(accrued), "events": events}
+                                 "accrued": format_amount(accrued), "events": events,
+                                 "uses": uses}
         return json_response({"account_id": account_id, "currency": account.currency,
                               "since": _iso(since), "services": services})
 

@@ -30,7 +30,7 @@ from api.access import (
 from api.account_billing import AccountBilling, month_query
 from api.billing_view import BillingView, Money, billing_view, reason_text
 from api.http_json import field, json_body, json_response
-from rating.core.currency import display_money
+from rating.core.currency import display_money, minor_units
 from rating.core.errors import ApiError, IdempotencyConflict, PaymentDeclined
 from rating.core.money import DECIMALS, DEFAULT_MAX_AMOUNT, parse_amount
 from rating.settings import Settings
@@ -51,20 +51,26 @@ _SECURITY_HEADERS = {
 }
 
 
-def field_error(value: object, currency: str, max_amount: int = DEFAULT_MAX_AMOUNT,
-                ) -> tuple[int | None, str | None]:
-    """An amount typed into the page: ``(micro-units, None)`` or ``(None, message)``."""
+def field_error(value: object, currency: str, max_amount: int = DEFAULT_MAX_AMOUNT, *,
+                zero_ok: bool = False) -> tuple[int | None, str | None]:
+    """An amount typed into the page: ``(micro-units, None)`` or ``(None, message)``.
+
+    What a customer types is money a card pays, so it is in the currency's own units
+    (cents: 20.50 EUR, not 20.505); ``zero_ok`` admits 0 (a threshold, not a payment).
+    """
     text = value.strip() if isinstance(value, str) else ""
     if not text:
         return None, "Enter an amount."
     match = _NUMBER.fullmatch(text)
     if match is None:
         return None, "Enter a number, like 20 or 20.50."
-    if len(match.group(2) or "") > DECIMALS:
-        return None, f"Use at most {DECIMALS} decimals."
+    places = minor_units(currency)
+    if len(match.group(2) or "") > DECIMALS or parse_amount(text) % 10 ** (DECIMALS - places):
+        return None, (f"Enter whole {currency} amounts, like 20." if places == 0 else
+                      f"Use at most {places} decimals, like 20.50.")
     amount = parse_amount(text)
-    if amount <= 0:
-        return None, "Enter an amount greater than zero."
+    if amount < 0 or (amount == 0 and not zero_ok):
+        return None, ("Enter 0 or more." if zero_ok else "Enter an amount greater than zero.")
     if amount > max_amount:
         return None, f"Enter at most {display_money(max_amount, currency)}."
     return amount, None
@@ -186,7 +192,8 @@ class BillingPage:
         account = await store.get(account_id)
         limit = self._settings.max_amount  # RATING_MAX_AMOUNT, as on the API
         amount, amount_problem = field_error(body.get("amount"), account.currency, limit)
-        below, below_problem = field_error(body.get("below"), account.currency, limit)
+        below, below_problem = field_error(body.get("below"), account.currency, limit,
+                                           zero_ok=True)
         if amount is None or below is None:
             problems = {name: problem for name, problem in
                         (("amount", amount_problem), ("below", below_problem)) if problem}

@@ -128,7 +128,7 @@ class UsageLine:
     label: str
     debited: Money
     accrued: Money
-    events: int
+    uses: int  # calls, messages or jobs: a call sent as several events counts once
     on_invoice: bool
 
 
@@ -229,7 +229,7 @@ def _entry(e: LedgerEntry) -> Entry:
         what = _KIND_LABELS.get(e.kind, e.kind)
         if e.kind == "adjustment" and e.reason:
             what = f"{what}: {e.reason}"
-    return Entry(when_text(e.recorded_at), what, e.country or "", _duration(e),
+    return Entry(when_text(e.event_time or e.recorded_at), what, e.country or "", _duration(e),
                  Money(e.amount, currency), Money(e.accrued, currency), e.kind == "invoice")
 
 
@@ -246,13 +246,13 @@ async def billing_view(reads: AccountBilling, settings: Settings, account_id: st
     shown = await account_view(store.pool, account)  # the API's own account object
     currency = account.currency.strip()
     month = this_month(now)
-    since, _ = month_bounds(month)
-    totals = await store.usage_by_service(account_id, since)
+    since, until = month_bounds(month)
+    totals = await store.usage_by_service(account_id, since, until)
     usage = []
     for service in SERVICES:
-        debited, accrued, events = totals.get(service, (0, 0, 0))
+        debited, accrued, _events, uses = totals.get(service, (0, 0, 0, 0))
         usage.append(UsageLine(service, SERVICE_LABELS.get(service, service),
-                               Money(debited, currency), Money(accrued, currency), events,
+                               Money(debited, currency), Money(accrued, currency), uses,
                                service == "stt" and account.stt_billing == "invoice"))
     entries = [_entry(e) for e in await store.recent_ledger(account_id, RECENT_ENTRIES)]
     try:
@@ -277,7 +277,10 @@ async def billing_view(reads: AccountBilling, settings: Settings, account_id: st
                     else Money(account.auto_recharge_amount, currency)),
             below=Money(account.low_balance_threshold, currency),
             amount_input=_input(account.auto_recharge_amount, currency),
-            below_input=_input(account.low_balance_threshold, currency),
+            # A threshold of 0 is a setting like any other once automatic recharge is on.
+            below_input=(display_amount(account.low_balance_threshold, currency)
+                         if account.auto_recharge_enabled
+                         else _input(account.low_balance_threshold, currency)),
             max_per_day=max_per_day if isinstance(max_per_day, int) else None,
             disabled_reason=(disabled if isinstance(disabled, str) and disabled
                              and not account.auto_recharge_enabled else None),

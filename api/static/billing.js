@@ -16,6 +16,8 @@
   let pendingSoon = false;  // a payment or recharge in flight: look again sooner
   let generation = 0;  // bumped by each change made here: older poll answers are dropped
   let changing = 0;  // changes in flight: poll answers wait for them
+  let pendingPayment = null;  // amount text of a payment this page said is pending
+  let autoSavedOn = false;  // this page said automatic recharge is on
 
   function say(el, text, kind) {
     el.textContent = text || "";
@@ -63,6 +65,21 @@
     paySubmit.disabled = payBlocked || paying;
     if (!switchTurnedOnHere) autoSwitch.checked = state.auto_recharge.enabled;
     pendingSoon = document.querySelector(".payment.pending, .payment.requested, .note.info") !== null;
+    // What this page said earlier must not contradict what it shows now.
+    if (pendingPayment !== null
+        && !document.querySelector(".payment.pending, .payment.requested")) {
+      const latest = document.querySelector(".payments .payment");
+      if (latest && latest.classList.contains("succeeded")) {
+        say($("pay-message"), "Paid: " + pendingPayment + " added to your credit.", "success");
+      } else {
+        say($("pay-message"), "The payment of " + pendingPayment + " did not go through: see below.", "error");
+      }
+      pendingPayment = null;
+    }
+    if (autoSavedOn && !state.auto_recharge.enabled) {
+      say($("auto-message"), "");  // the status above says why it is off
+      autoSavedOn = false;
+    }
   }
 
   async function refresh() {
@@ -94,6 +111,7 @@
     paySubmit.disabled = true;
     document.querySelectorAll('input[name="amount"]').forEach((el) => { el.disabled = true; });
     say(message, "Paying…");
+    pendingPayment = null;
     generation++;
     changing++;
     try {
@@ -106,6 +124,7 @@
       } else if (status === 202) {
         say(message, "Payment of " + data.amount_text +
             " pending: your bank may take a while. The credit shows here when it arrives.");
+        pendingPayment = data.amount_text;
       } else if (status === 402) {
         say(message, "Payment declined: " + data.error.reason_text, "error");
       } else if (status === 503) {
@@ -119,8 +138,12 @@
     } finally {
       changing--;
       paying = false;
+      // The button was disabled while paying, which dropped the keyboard's focus: give
+      // it back, to the button or, when paying is blocked now, to the message.
+      const lost = !document.activeElement || document.activeElement === document.body;
       document.querySelectorAll('input[name="amount"]').forEach((el) => { el.disabled = expired; });
       paySubmit.disabled = payBlocked || expired;
+      if (lost && !expired) (paySubmit.disabled ? message : paySubmit).focus();
       schedule();
     }
   });
@@ -155,6 +178,7 @@
           fields.below.value = data.auto_recharge.below;
         }
         say(message, done, "success");
+        autoSavedOn = Boolean(body.enabled);
       } else if (status === 422 && data.error && data.error.fields) {
         showFieldErrors(data.error.fields);
         say(message, "Check the amounts above.", "error");

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from rating.core.money import DEFAULT_MAX_AMOUNT, MICRO, format_amount, parse_amount
+from rating.core.money import DECIMALS, DEFAULT_MAX_AMOUNT, MICRO, format_amount, parse_amount
 
 # ISO 4217 minor units where they are not 2.
 _MINOR_UNITS = {
@@ -47,7 +47,8 @@ def parse_presets(text: str, *, max_amount: int = DEFAULT_MAX_AMOUNT) -> dict[st
     """``EUR:10,25,50,100;JPY:1000,3000`` -> currency -> amounts in micro-units.
 
     Raises ``ValueError`` naming the problem: an unknown shape, a currency that is not
-    three letters, an amount that is not a positive decimal at most ``max_amount``,
+    three letters, an amount that is not a positive decimal at most ``max_amount`` in
+    the currency's units (no fraction of a cent),
     more than ``MAX_PRESETS`` amounts, or a currency given twice.
     """
     presets: dict[str, tuple[int, ...]] = {}
@@ -69,6 +70,9 @@ def parse_presets(text: str, *, max_amount: int = DEFAULT_MAX_AMOUNT) -> dict[st
             if not 0 < value <= max_amount:
                 raise ValueError(f"{currency}: {raw.strip()!r} is not a positive amount"
                                  f" at most {format_amount(max_amount)}")
+            if value % 10 ** (DECIMALS - minor_units(currency)):  # a card pays whole cents
+                raise ValueError(f"{currency}: {raw.strip()!r} has more than"
+                                 f" {minor_units(currency)} decimals")
             values.append(value)
         if len(values) > MAX_PRESETS:
             raise ValueError(f"{currency}: at most {MAX_PRESETS} amounts")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import asyncpg
 
@@ -23,9 +23,20 @@ from rating.core.errors import (
 from rating.core.identifiers import check_account_id
 from rating.core.money import BALANCE_BOUND, format_amount
 from rating.stores.db import Connection, exceeds_balance_bound
-from rating.stores.explain import DETAIL_COLUMNS, detail_of
+from rating.stores.explain import DETAIL_COLUMNS, HAPPENED_AT, detail_of
 from rating.stores.outbox import BalanceChange, OutboxEvent, crossing_events, insert_events
 from rating.stores.recharge_requests import request_recharge
+
+
+class UsageTotals(NamedTuple):
+    """One service's usage: from credit, accrued for the invoice, events billed, and
+    uses (a call or a message counts once however many events it was sent as)."""
+
+    debited: int
+    accrued: int
+    events: int
+    uses: int
+
 
 SttBilling = Literal["credit", "invoice"]
 CreditKind = Literal["topup", "recharge", "adjustment"]
@@ -309,19 +320,26 @@ class AccountStore:
                             r["country"], r["reason"], r["event_time"], r["recorded_at"],
                             r["plan_id"], detail_of(r)) for r in rows]
 
-    async def usage_by_service(self, account_id: str,
-                               since: datetime | None = None) -> dict[str, tuple[int, int, int]]:
-        """service -> (debited from credit, accrued on the invoice, events), all >= 0."""
+    async def usage_by_service(self, account_id: str, since: datetime | None = None,
+                               until: datetime | None = None) -> dict[str, UsageTotals]:
+        """service -> totals of the usage that happened in [since, until).
+
+        By when the usage happened (the event's time), as statements count it, not
+        when it was billed: usage sent late still belongs to its own day and month.
+        """
         rows = await self._pool.fetch(
-            """
+            f"""
             SELECT service, -sum(amount)::bigint AS debited, sum(accrued)::bigint AS accrued,
-                   count(*) AS events
+                   count(*) AS events,
+                   count(DISTINCT (event_source, coalesce(usage_id, event_id))) AS uses
             FROM ledger
             WHERE account_id = $1 AND kind IN ('usage', 'invoice')
-              AND ($2::timestamptz IS NULL OR recorded_at >= $2)
+              AND ($2::timestamptz IS NULL OR {HAPPENED_AT} >= $2)
+              AND ($3::timestamptz IS NULL OR {HAPPENED_AT} < $3)
             GROUP BY service
-            """, account_id, since)
-        return {r["service"]: (r["debited"], r["accrued"], r["events"]) for r in rows}
+            """, account_id, since, until)
+        return {r["service"]: UsageTotals(r["debited"], r["accrued"], r["events"], r["uses"])
+                for r in rows}
 
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from rating.stores.accounts import LedgerEntry
+from rating.stores.explain import HAPPENED_AT
 
 _PAGE = 1_000  # ledger rows fetched per round trip when exporting a month
 
@@ -99,7 +100,8 @@ def this_month(now: datetime | None = None) -> str:
 
 async def month_ledger(pool: asyncpg.Pool, account_id: str,
                        month: str) -> AsyncIterator[LedgerEntry]:
-    """Every ledger row of the account recorded in ``month`` (UTC), oldest first.
+    """Every ledger row of the account that happened in ``month`` (UTC, by
+    ``HAPPENED_AT``, as statements place them), in entry order.
 
     Fetched a page at a time by entry id, so a busy month is never held in memory.
     """
@@ -107,11 +109,12 @@ async def month_ledger(pool: asyncpg.Pool, account_id: str,
     after = 0
     while True:
         rows = await pool.fetch(
-            """
+            f"""
             SELECT entry_id, kind, service, event_source, event_id, amount, accrued, currency,
                    country, reason, event_time, recorded_at
             FROM ledger
-            WHERE account_id = $1 AND entry_id > $2 AND recorded_at >= $3 AND recorded_at < $4
+            WHERE account_id = $1 AND entry_id > $2
+              AND {HAPPENED_AT} >= $3 AND {HAPPENED_AT} < $4
             ORDER BY entry_id LIMIT $5
             """, account_id, after, start, end, _PAGE)
         for r in rows:

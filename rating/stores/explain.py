@@ -22,6 +22,9 @@ DETAIL_COLUMNS = ("number, usage_id, direction, from_s, to_s, quantity, rate, co
 ENTRY_COLUMNS = ("entry_id, account_id, kind, service, event_source, event_id, amount, accrued,"
                  " currency, country, plan_id, reason, event_time, recorded_at, "
                  + DETAIL_COLUMNS)
+# When a ledger row happened: the usage's own time, else (a credit) when it was written.
+# Statements, the usage totals and the billing page all place rows in time by it.
+HAPPENED_AT = "coalesce(event_time, recorded_at)"
 
 
 def iso(when: datetime | None) -> str | None:

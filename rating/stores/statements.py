@@ -23,11 +23,10 @@ import asyncpg
 from rating.core.errors import InvalidRequest, UnknownAccount
 from rating.core.money import format_amount
 from rating.core.tariff import SERVICES
-from rating.stores.explain import ENTRY_COLUMNS, detail_of, entry_json, iso
+from rating.stores.explain import ENTRY_COLUMNS, HAPPENED_AT, detail_of, entry_json, iso
 
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})", re.ASCII)
 CREDIT_KINDS = ("topup", "recharge", "adjustment")
-_WHEN = "coalesce(event_time, recorded_at)"
 
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
@@ -174,10 +173,10 @@ async def monthly_statement(pool: asyncpg.Pool, account_id: str, month: str) -> 
             raise UnknownAccount(f"unknown account {account_id!r}")
         before = await conn.fetchval(
             f"SELECT coalesce(sum(amount), 0)::bigint FROM ledger"
-            f" WHERE account_id = $1 AND {_WHEN} < $2", account_id, start)
+            f" WHERE account_id = $1 AND {HAPPENED_AT} < $2", account_id, start)
         rows = await conn.fetch(
             f"SELECT {ENTRY_COLUMNS} FROM ledger"
-            f" WHERE account_id = $1 AND {_WHEN} >= $2 AND {_WHEN} < $3"
-            f" ORDER BY {_WHEN}, entry_id", account_id, start, end)
+            f" WHERE account_id = $1 AND {HAPPENED_AT} >= $2 AND {HAPPENED_AT} < $3"
+            f" ORDER BY {HAPPENED_AT}, entry_id", account_id, start, end)
     return Statement(account_id, account["currency"].strip(), month, start, end,
                      account["opening_balance"] + before, rows)

@@ -143,7 +143,33 @@ async def test_a_pending_payment_turns_into_credit_without_a_reload(
     await page.screenshot(path=shots / "pending.png", full_page=True)
     await expect(balance(page)).to_have_text("53.00 EUR", timeout=LIVE)
     await expect(page.locator("#part-payments")).to_contain_text("50.00 EUR: credited.")
+    # The message that said "pending" says what happened instead.
+    await expect(page.locator("#pay-message")).to_have_text(
+        "Paid: 50.00 EUR added to your credit.")
     assert await page.evaluate("window.sameDocument") is True  # no reload happened
+
+
+async def test_a_zero_threshold_and_a_recharge_turned_off_by_a_hard_decline(
+        context: BrowserContext, engine: RunningEngine) -> None:
+    account = await engine.account("web-hard", "3.00")
+    engine.provider.set_behaviour("hard_decline", account_id=account)
+    page = await open_link(context, await engine.link(account))
+    below = page.get_by_role("textbox", name="If balance falls below")
+    message = page.locator("#auto-message")
+    await page.get_by_role("switch", name="Automatic adding credit").check()
+    await page.get_by_role("textbox", name="Add this amount").fill("20")
+    await below.fill("0")  # "when the balance falls below zero": allowed, as on the API
+    await page.get_by_role("button", name="Save and Turn On").click()
+    await expect(page.locator("#part-auto_status")).to_contain_text("falls below 0.00 EUR")
+    await page.reload()
+    await expect(below).to_have_value("0.00")
+    await below.fill("50")  # above the balance: a recharge now, and the card is refused
+    await page.get_by_role("button", name="Save and Turn On").click()
+    await expect(message).to_have_text("Saved: automatic adding credit is on.")
+    await expect(page.locator("#part-auto_status")).to_contain_text(
+        "turned off after a failed payment", timeout=LIVE)
+    await expect(page.get_by_role("switch", name="Automatic adding credit")).not_to_be_checked()
+    await expect(message).to_have_text("")  # no "is on" left beside an "Off"
 
 
 async def test_a_declined_card_and_an_expired_one_say_why(
@@ -244,6 +270,8 @@ async def test_every_control_is_named_labelled_and_works_with_the_keyboard_on_a_
         await expect(page.get_by_role("button", name="Pay Now")).to_be_focused()
         await page.keyboard.press("Enter")
         await expect(balance(page)).to_have_text("29.00 EUR", timeout=LIVE)
+        # The keyboard is where it was, not thrown back to the top of the page.
+        await expect(page.get_by_role("button", name="Pay Now")).to_be_focused()
     finally:
         await context.close()
 

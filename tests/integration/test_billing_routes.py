@@ -10,7 +10,7 @@ import io
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -22,6 +22,7 @@ import orjson
 import pytest
 
 from api.access import CSRF_HEADER, SESSION_COOKIE
+from rating.core.detail import RatedDetail
 from rating.core.money import parse_amount
 from rating.core.rate import Charge
 from rating.payments.simulated import SimulatedProvider, sample_card
@@ -216,11 +217,15 @@ async def test_automatic_recharge_fields_are_checked_one_by_one(
         site: Site, browser: Browser) -> None:
     await browser.open(await site.link("acct-1"))
     cases = [("", "5", {"amount": "Enter an amount."}),
-             ("0", "0.00", {"amount": "Enter an amount greater than zero.",
-                            "below": "Enter an amount greater than zero."}),
+             # A threshold may be 0 (as on the API); a payment may not.
+             ("0", "0.00", {"amount": "Enter an amount greater than zero."}),
+             ("20", "-1", {"below": "Enter 0 or more."}),
              ("ten", "5", {"amount": "Enter a number, like 20 or 20.50."}),
              ("20", "1000000.01", {"below": "Enter at most 1000000.00 EUR."}),
-             ("1.0000001", None, {"amount": "Use at most 6 decimals.",
+             # A card is charged whole cents.
+             ("0.001", "5.005", {"amount": "Use at most 2 decimals, like 20.50.",
+                                 "below": "Use at most 2 decimals, like 20.50."}),
+             ("1.0000001", None, {"amount": "Use at most 2 decimals, like 20.50.",
                                   "below": "Enter an amount."})]
     for amount, below, expected in cases:
         status, body = await browser.call("PUT", "/billing/auto-recharge",
@@ -237,6 +242,10 @@ async def test_automatic_recharge_fields_are_checked_one_by_one(
         parse_amount("20.5"), parse_amount("5"))
     status, state = await browser.call("PUT", "/billing/auto-recharge", {"enabled": False})
     assert status == 200 and state["auto_recharge"]["enabled"] is False
+    status, body = await browser.call("POST", "/billing/pay",
+                                      {"amount": "0.001", "idempotency_key": "k-sub-cent"})
+    assert (status, body["error"]["code"]) == (422, "invalid_amount")
+    assert site.provider.payments == []  # nothing charged
 
 
 async def test_presets_per_currency_and_a_negative_balance(
@@ -286,6 +295,41 @@ async def test_the_months_ledger_as_csv_and_the_v1_reads_the_page_uses(
         async with http.get(f"{site.url}/v1/accounts/acct-1/ledger.csv",
                             headers=session) as response:
             assert "-0.250000" in await response.text()
+
+
+def _uses(html: str, service: str) -> str:
+    found = re.search(rf'<tr data-service="{service}">.*?<td class="num">([0-9]+)</td>', html,
+                      re.S)
+    assert found is not None, service
+    return found.group(1)
+
+
+async def test_usage_is_shown_in_the_month_it_happened_and_a_call_counts_once(
+        site: Site, browser: Browser) -> None:
+    now = datetime.now(UTC)
+    late = (now.replace(day=1) - timedelta(days=1)).replace(day=15, hour=10, minute=0,
+                                                           second=0, microsecond=0)
+
+    def minute(event_id: str, call_id: str, from_s: int, when: datetime) -> RatedUsage:
+        detail = RatedDetail("+442071234567", call_id, None, from_s, from_s + 60, 60,
+                             100_000, 0, "60/60", None, when)
+        return RatedUsage(Charge(event_id, "sw", "acct-1", "call", "GB", 100_000, "EUR",
+                                 "flat", detail), when, False, call_id)
+
+    async with site.pool.acquire() as conn:
+        # A call of last month billed only now, and one of today sent as two events.
+        await apply_usage(conn, [minute("old-1", "c-old", 0, late),
+                                 minute("new-1", "c-new", 0, now),
+                                 minute("new-2", "c-new", 60, now)])
+    _, html = await browser.open(await site.link("acct-1"))
+    assert _uses(html, "call") == "1"  # this month: the one call of today, once
+    assert late.strftime("%d %b %Y 10:00") in html  # listed at when it happened
+    page = f"{site.url}/billing/ledger.csv?page_token={browser.csrf}&month="
+    for month, expected in ((late.strftime("%Y-%m"), ["old-1"]),
+                            (now.strftime("%Y-%m"), ["new-1", "new-2"])):
+        async with browser.http.get(page + month) as response:
+            rows = list(csv.DictReader(io.StringIO(await response.text())))
+        assert [r["event_id"] for r in rows] == expected, month
 
 
 async def test_bad_input_and_a_silent_provider_never_break_the_page(

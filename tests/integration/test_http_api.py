@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator
 
 from api.accounts import OPENAPI_CANDIDATES, HttpApi
 from api.reservations import ReservationApi
+from rating.core.detail import RatedDetail
 from rating.core.events import Service
 from rating.core.money import parse_amount
 from rating.core.pricing import Increment, TimedRate, cost, seconds_covered
@@ -309,13 +310,34 @@ async def test_usage_is_broken_down_by_service(api: Api) -> None:
     assert status == 200
     assert_matches(body, "Usage")
     assert body["services"] == {
-        "call": {"debited": "0.300000", "accrued": "0.000000", "events": 2},
-        "tollfree": {"debited": "0.000000", "accrued": "0.000000", "events": 0},
-        "sms": {"debited": "0.050000", "accrued": "0.000000", "events": 1},
-        "stt": {"debited": "0.000000", "accrued": "0.030000", "events": 1}}
+        "call": {"debited": "0.300000", "accrued": "0.000000", "events": 2, "uses": 2},
+        "tollfree": {"debited": "0.000000", "accrued": "0.000000", "events": 0, "uses": 0},
+        "sms": {"debited": "0.050000", "accrued": "0.000000", "events": 1, "uses": 1},
+        "stt": {"debited": "0.000000", "accrued": "0.030000", "events": 1, "uses": 1}}
     status, later = await api.call("GET", "/v1/accounts/acct-1/usage?since=2999-01-01T00:00:00Z")
     assert status == 200 and later["services"]["call"]["events"] == 0
     assert (await api.call("GET", "/v1/accounts/acct-1/usage?since=yesterday"))[0] == 400
+
+
+async def test_usage_counts_a_call_once_and_places_it_by_when_it_happened(api: Api) -> None:
+    october = datetime(2026, 10, 15, 10, 0, tzinfo=UTC)
+
+    def minute(event_id: str, call_id: str, from_s: int) -> RatedUsage:
+        detail = RatedDetail("+442071234567", call_id, None, from_s, from_s + 60, 60,
+                             100_000, 0, "60/60", "44", october)
+        return RatedUsage(Charge(event_id, "sw", "acct-1", "call", "GB", 100_000, "EUR",
+                                 "standard", detail), october, False, call_id)
+
+    async with api.pool.acquire() as conn, conn.transaction():
+        # One call sent as two events, billed late (today) for usage of mid-October.
+        await apply_usage(conn, [minute("e1", "c-9", 0), minute("e2", "c-9", 60)])
+    status, body = await api.call("GET", "/v1/accounts/acct-1/usage")
+    assert status == 200 and body["services"]["call"] == {
+        "debited": "0.200000", "accrued": "0.000000", "events": 2, "uses": 1}
+    # since= is by when the usage happened, not when it was billed.
+    for since, events in (("2026-10-01T00:00:00Z", 2), ("2026-10-16T00:00:00Z", 0)):
+        status, body = await api.call("GET", f"/v1/accounts/acct-1/usage?since={since}")
+        assert status == 200 and body["services"]["call"]["events"] == events, since
 
 
 async def test_authorize_gives_the_seconds_the_balance_covers(api: Api) -> None:

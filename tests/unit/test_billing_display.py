@@ -61,7 +61,8 @@ def test_presets_per_currency_with_defaults() -> None:
 
 @pytest.mark.parametrize("bad", ["EUR", "EURO:10", "EUR:10;EUR:20", "EUR:0", "EUR:-5",
                                  "EUR:ten", "EUR:1.0000001", "EUR:1000000.01",
-                                 "EUR:1,2,3,4,5,6,7,8,9", "€€€:10"])
+                                 "EUR:1,2,3,4,5,6,7,8,9", "€€€:10", "EUR:10.005",
+                                 "JPY:1000.5"])
 def test_bad_presets_fail_at_start_up_naming_the_variable(bad: str) -> None:
     with pytest.raises(SettingsError, match=r"^RATING_TOPUP_PRESETS: "):
         Settings.from_env({"RATING_TOPUP_PRESETS": bad})
@@ -82,12 +83,24 @@ def test_bad_presets_fail_at_start_up_naming_the_variable(bad: str) -> None:
     ("20,50", (None, "Enter a number, like 20 or 20.50.")),
     ("1e3", (None, "Enter a number, like 20 or 20.50.")),
     ("٢٠", (None, "Enter a number, like 20 or 20.50.")),
-    ("1.0000001", (None, "Use at most 6 decimals.")),
-    ("1000000.000001", (None, "Enter at most 1000000.00 EUR.")),
+    ("1.0000001", (None, "Use at most 2 decimals, like 20.50.")),
+    ("0.001", (None, "Use at most 2 decimals, like 20.50.")),  # a card pays whole cents
+    ("20.505", (None, "Use at most 2 decimals, like 20.50.")),
+    ("20.500", (20_500_000, None)),
+    ("1000000.01", (None, "Enter at most 1000000.00 EUR.")),
 ])
 def test_the_forms_amounts_are_checked_with_a_message_for_each_mistake(
         typed: object, expected: tuple[int | None, str | None]) -> None:
     assert field_error(typed, "EUR") == expected
+
+
+def test_a_threshold_may_be_zero_and_amounts_follow_the_currencys_units() -> None:
+    assert field_error("0", "EUR", zero_ok=True) == (0, None)
+    assert field_error("0.00", "EUR", zero_ok=True) == (0, None)
+    assert field_error("-1", "EUR", zero_ok=True) == (None, "Enter 0 or more.")
+    assert field_error("1000", "JPY") == (1000 * MICRO, None)
+    assert field_error("1000.5", "JPY") == (None, "Enter whole JPY amounts, like 20.")
+    assert field_error("1.005", "KWD") == (1_005_000, None)
 
 
 def test_decline_reasons_read_as_sentences() -> None:
