@@ -142,6 +142,8 @@ def _text(obj: dict[str, Any], key: str, where: str) -> str:
         if value is None:
             raise _invalid(f"{where}{key}: required non-empty string is missing")
         raise _invalid(f"{where}{key}: must be a non-empty string")
+    if "\x00" in value:  # PostgreSQL text cannot hold it: refused here, not by the debit
+        raise _invalid(f"{where}{key}: must not contain U+0000")
     return value
 
 
@@ -177,8 +179,16 @@ def _int(data: dict[str, Any], key: str) -> int:
     if type(value) is not int:
         if value is None:
             raise _invalid(f"data.{key}: required integer is missing")
-        raise _invalid(f"data.{key}: must be an integer, got {type(value).__name__}")
+        raise _invalid(f"data.{key}: must be an integer, got {_kind(value)}")
     return value
+
+
+def _kind(value: object) -> str:
+    """What a JSON value that should have been an integer was, as its sender wrote it."""
+    if type(value) is float and value.is_integer() and abs(value) >= 2**63:
+        # JSON decodes an integer past 64 bits as a float: say so, not "float".
+        return f"a number too large for an integer ({value:g})"
+    return f"{type(value).__name__} {value!r}"[:140]
 
 
 def _e164(data: dict[str, Any], key: str) -> str:
@@ -263,6 +273,7 @@ def _call(
     if (
         type(call_id) is str
         and call_id
+        and "\x00" not in call_id
         and type(destination) is str
         and _is_e164(destination)
         and type(from_s) is int
@@ -291,6 +302,7 @@ def _tollfree(
     if (
         type(call_id) is str
         and call_id
+        and "\x00" not in call_id
         and type(number) is str
         and _is_e164(number)
         and type(from_s) is int
@@ -314,7 +326,7 @@ def _sms(
 ) -> SmsUsage:
     message_id, destination = data.get("message_id"), data.get("destination")
     segments = data.get("segments")
-    if type(message_id) is not str or not message_id:
+    if type(message_id) is not str or not message_id or "\x00" in message_id:
         message_id = _text(data, "message_id", "data.")
     if type(destination) is not str or not _is_e164(destination):
         destination = _e164(data, "destination")
@@ -327,7 +339,7 @@ def _sms(
         segments = count_segments(text)
     elif type(segments) is not int or segments < 1:
         raise _invalid(
-            f"data.segments: must be an integer >= 1, got {type(segments).__name__} {segments!r}"
+            f"data.segments: must be an integer >= 1, got {_kind(segments)}"
         )
     return SmsUsage(event_id, source, subject, when, message_id, destination, segments)
 
@@ -336,11 +348,11 @@ def _stt(
     event_id: str, source: str, subject: str, when: datetime | None, data: dict[str, Any]
 ) -> SttUsage:
     job_id, seconds = data.get("job_id"), data.get("seconds")
-    if type(job_id) is not str or not job_id:
+    if type(job_id) is not str or not job_id or "\x00" in job_id:
         job_id = _text(data, "job_id", "data.")
     if type(seconds) is not int or seconds < 1:
         raise _invalid(
-            f"data.seconds: must be an integer > 0, got {type(seconds).__name__} {seconds!r}"
+            f"data.seconds: must be an integer > 0, got {_kind(seconds)}"
         )
     return SttUsage(event_id, source, subject, when, job_id, seconds)
 
@@ -355,6 +367,16 @@ _DECODERS: dict[str, _Decoder] = {
 EVENT_TYPES: frozenset[str] = frozenset(_DECODERS)
 
 
+def _json_problem(raw: bytes | bytearray | memoryview | str, exc: Exception) -> str:
+    """orjson's reason, except for bad UTF-8, which it places at the start: the byte."""
+    if not isinstance(raw, str):
+        try:
+            bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return f"not UTF-8: byte 0x{bad.object[bad.start]:02x} at offset {bad.start}"
+    return str(exc)
+
+
 def decode_usage_event(raw: bytes | bytearray | memoryview | str) -> UsageEvent:
     """Decode one CloudEvents 1.0 structured-JSON usage event, or raise ``InvalidEvent``.
 
@@ -364,7 +386,8 @@ def decode_usage_event(raw: bytes | bytearray | memoryview | str) -> UsageEvent:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"not valid JSON: {exc}", code="invalid_json") from exc
+        raise InvalidEvent(f"not valid JSON: {_json_problem(raw, exc)}",
+                           code="invalid_json") from exc
     if type(obj) is not dict:
         raise _invalid("event must be a JSON object")
     if obj.get("specversion") != "1.0":

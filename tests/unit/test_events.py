@@ -131,6 +131,9 @@ def with_envelope(**changes: Any) -> bytes:
         (b"{not json", "invalid_json", "JSON"),
         (b"", "invalid_json", "JSON"),
         (b"\xff\xfe", "invalid_json", "JSON"),
+        # Bad UTF-8 is placed where it is, not at the start as the JSON parser says.
+        (b'{"specversion": "1.0", "id": "e\xc3("}', "invalid_json",
+         "not UTF-8: byte 0xc3 at offset 31"),
         (b"[1, 2]", "invalid_event", "object"),
         (b'"text"', "invalid_event", "object"),
         (with_envelope(specversion="0.3"), "invalid_event", "specversion"),
@@ -186,6 +189,11 @@ def test_rejects_envelope(raw: bytes, code: str, names: str) -> None:
     [
         ("usage.call", {"call_id": DROP}, "data.call_id"),
         ("usage.call", {"call_id": ""}, "data.call_id"),
+        # Stored in the ledger's text columns, which cannot hold U+0000.
+        ("usage.call", {"call_id": "c\u0000"}, "data.call_id: must not contain U+0000"),
+        ("usage.tollfree", {"call_id": "\u0000"}, "data.call_id: must not contain U+0000"),
+        ("usage.sms", {"message_id": "m\u0000"}, "data.message_id: must not contain U+0000"),
+        ("usage.stt", {"job_id": "j\u0000"}, "data.job_id: must not contain U+0000"),
         ("usage.call", {"destination": DROP}, "data.destination"),
         ("usage.call", {"destination": "442071234567"}, "data.destination"),
         ("usage.call", {"destination": "+44 20 7123 4567"}, "data.destination"),
@@ -195,6 +203,7 @@ def test_rejects_envelope(raw: bytes, code: str, names: str) -> None:
         ("usage.call", {"destination": "+44abc"}, "data.destination"),
         ("usage.call", {"destination": "+\uff14\uff14\uff12\uff10"}, "data.destination"),
         ("usage.call", {"from_s": 1.5}, "data.from_s"),
+        ("usage.call", {"to_s": 60.0}, "data.to_s: must be an integer, got float 60.0"),
         ("usage.call", {"from_s": 0.0}, "data.from_s"),
         ("usage.call", {"from_s": True}, "data.from_s"),
         ("usage.call", {"from_s": "0"}, "data.from_s"),
@@ -227,6 +236,19 @@ def test_rejects_data(type_: str, data: dict[str, Any], names: str) -> None:
         decode_usage_event(encode(event(type_, **data)))
     assert caught.value.code == "invalid_event"
     assert names in str(caught.value)
+
+
+@pytest.mark.parametrize(("type_", "key", "names"), [
+    ("usage.call", "to_s", "data.to_s: must be an integer, got a number too large"),
+    ("usage.sms", "segments", "data.segments: must be an integer >= 1, got a number too large"),
+])
+def test_an_integer_past_64_bits_is_called_too_large_not_a_float(
+        type_: str, key: str, names: str) -> None:
+    raw = encode(event(type_, **{key: 7})).replace(f'"{key}":7'.encode(),
+                                                    f'"{key}":{10**30}'.encode())
+    assert str(10**30).encode() in raw  # the switch sent an integer literal
+    with pytest.raises(InvalidEvent, match=names):
+        decode_usage_event(raw)
 
 
 def test_keys_of_the_longest_accepted_length_decode() -> None:
