@@ -19,12 +19,13 @@ from aiokafka.errors import KafkaError
 
 from commands.accounts import store_for
 from consumers.dlq_reader import find_in_dlq, scan_dlq
-from consumers.dlq_replay import DEFAULT_REPLAY_CODES, replay_dlq
+from consumers.dlq_replay import DEFAULT_REPLAY_CODES, replay_dlq, wait_for_tariffs
 from engine.services import existing_kafka_bootstrap, kafka_producer
 from rating.core.errors import BrokerUnavailable, CommandError, PermanentError, TariffError
 from rating.core.events import decode_usage_event
 from rating.settings import Settings
 from rating.stores.explain import applied_event, check_event_key
+from rating.tariffbook.book import files_digest, fingerprint
 from rating.tariffbook.files import load_tariffs
 
 
@@ -82,12 +83,16 @@ async def cmd_dlq_replay(settings: Settings, out: TextIO, codes: Sequence[str] |
                          since: str | None, dry_run: bool) -> int:
     """Republish the refused events that now rate; one JSON line of counts."""
     when = since_arg(since)
+    files = files_digest(settings.tariffs_dir, fingerprint(settings.tariffs_dir))
     try:
         book = load_tariffs(settings.tariffs_dir)
     except TariffError as exc:
         raise CommandError(f"tariffs do not load, nothing replayed:\n{exc}") from None
     bootstrap = await kafka_for(settings)
     async with store_for(settings) as store:
+        if not dry_run:  # what a fix cures is sent once the engines price with it
+            await wait_for_tariffs(store.pool, files, float(settings.tariff_poll_seconds),
+                                   lambda line: print(line, file=sys.stderr, flush=True))
         if dry_run:
             counts = await replay_dlq(bootstrap=bootstrap, dlq_topic=settings.dlq_topic,
                                       usage_topic=settings.usage_topic, pool=store.pool,

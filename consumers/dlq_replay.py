@@ -10,7 +10,8 @@ bill nothing twice. Events the ledger already holds are not republished at all.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -26,6 +27,7 @@ from rating.core.rate import rate
 from rating.core.tariff import TariffBook
 from rating.stores.db import Connection
 from rating.stores.ledger import AccountInfo, lookup_accounts
+from rating.stores.tariff_loads import live_tariff_loads
 
 # What a fix can cure: an account created late, a plan or a rate added.
 DEFAULT_REPLAY_CODES = ("unknown_account", "unknown_plan", "no_rate")
@@ -45,6 +47,45 @@ class ReplayCounts:
         """The one line ``dlq replay`` prints (CONTRACT §11)."""
         return {"scanned": self.scanned, "replayed": self.replayed,
                 "still_failing": self.still_failing}
+
+
+async def wait_for_tariffs(pool: asyncpg.Pool, digest: str, poll_s: float,
+                           say: Callable[[str], None], *,
+                           timeout_s: float | None = None) -> str:
+    """Wait until every running engine has the tariff files ``digest`` in force.
+
+    A fix to the tariffs reaches the engines at their next poll: replayed before that,
+    its events would only be refused again. Answers ``in_force``, ``no_engine`` (none
+    running: it loads the files when it starts), ``refused`` (an engine tried these
+    files and kept its old ones) or ``timeout`` (after ``timeout_s``, by default five
+    polls and ten seconds: an engine reading another directory never catches up).
+    """
+    live_s = 3 * poll_s + 5  # an engine reports at every poll: silent longer, it is gone
+    timeout = timeout_s if timeout_s is not None else 5 * poll_s + 10
+    deadline = time.monotonic() + timeout
+    waiting = False
+    while True:
+        loads = await live_tariff_loads(pool, live_s)
+        if not loads:
+            return "no_engine"
+        behind = [load for load in loads if load.in_force != digest]
+        if not behind:
+            return "in_force"
+        if any(load.attempted == digest for load in behind):
+            say("dlq replay: a running engine refused the tariff files as they are now and"
+                " keeps its previous ones (its log says why; see `rating-engine tariffs"
+                " validate`): events only these files price are refused again")
+            return "refused"
+        if time.monotonic() >= deadline:
+            say(f"dlq replay: the running engines have not loaded the tariff files as they"
+                f" are now after {timeout:g} s (is RATING_TARIFFS_DIR the same?); replaying"
+                f" anyway: what they cannot price yet is refused again, replay once more")
+            return "timeout"
+        if not waiting:
+            say("dlq replay: waiting for the running engines to load the tariff files as"
+                " they are now")
+            waiting = True
+        await asyncio.sleep(min(0.5, poll_s / 4))
 
 
 @dataclass(frozen=True, slots=True)

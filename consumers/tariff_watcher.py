@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 # Which plans accounts are on, in which currencies (rating/stores/plans_in_use.py).
 PlansInUseQuery = Callable[[], Awaitable[PlansInUse]]
+# Tells the others which files are in force and which were last tried (their digests):
+# `dlq replay` waits for a fix to be in force (rating/stores/tariff_loads.py).
+LoadReport = Callable[[str, str], Awaitable[None]]
 
 RELOADS = Counter(
     "rating_tariff_reload",
@@ -47,11 +50,14 @@ class TariffWatcher:
     """Reloads ``store`` when its files change (every ``interval_s``) or on SIGHUP."""
 
     def __init__(self, store: TariffStore, interval_s: float = 2.0, *,
-                 plans_in_use: PlansInUseQuery | None = None) -> None:
+                 plans_in_use: PlansInUseQuery | None = None,
+                 report: LoadReport | None = None) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         self._store = store
         self._plans_in_use = plans_in_use
+        self._report = report
+        self._report_failed = False
         self._interval_s = interval_s
         self._wake = asyncio.Event()
         self._force = False
@@ -73,6 +79,7 @@ class TariffWatcher:
         with contextlib.suppress(AttributeError, NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
             self._sighup = True
+        await self._report_load()
         self._task = asyncio.create_task(self._run(), name="tariff-watcher")
 
     async def close(self) -> None:
@@ -129,6 +136,20 @@ class TariffWatcher:
 
         return guard
 
+    async def _report_load(self) -> None:
+        """Say which files are in force; a failure is logged once and tried next poll."""
+        if self._report is None:
+            return
+        try:
+            await self._report(*self._store.digests())
+        except Exception as exc:
+            if not self._report_failed:
+                log.warning("cannot record which tariff files are in force (%s); dlq replay"
+                            " will not wait for them; trying again at every poll", exc)
+            self._report_failed = True
+            return
+        self._report_failed = False
+
     def _record(self, result: ReloadResult) -> None:
         if result.ok:
             RELOADS.labels(result="ok").inc()
@@ -152,6 +173,7 @@ class TariffWatcher:
             force, self._force = self._force, False
             try:
                 await self.reload_now(force=force)
+                await self._report_load()
             except Exception as exc:
                 if transient_dependency(exc) is not None:  # the accounts check's database
                     log.warning("tariff reload postponed: cannot check the plans in use "

@@ -22,7 +22,9 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,6 +65,7 @@ from rating.stores.db import DatabaseProbe, connection, create_pool
 from rating.stores.plans_in_use import plans_in_use
 from rating.stores.recharges import RechargePolicy
 from rating.stores.reservations import ReservationStore
+from rating.stores.tariff_loads import report_tariff_load
 from rating.stores.topups import TopupService
 from rating.tariffbook.book import TariffStore
 from rating.tariffbook.references import PlansInUse
@@ -261,7 +264,7 @@ async def _start_and_run(settings: Settings, ends: Endpoints, pools: Pools,
     stack.callback(metrics_server.server_close)  # after shutdown (callbacks run last first)
     stack.callback(metrics_server.shutdown)
     watcher = TariffWatcher(tariffs, float(settings.tariff_poll_seconds),
-                            plans_in_use=_plans_in_use(pool))
+                            plans_in_use=_plans_in_use(pool), report=_tariff_report(pool))
     stack.push_async_callback(watcher.close)
     await until_stopped(watcher.start(), stop)
     relay = OutboxRelay(pool, producer, settings.balance_topic,
@@ -299,6 +302,15 @@ async def _start_and_run(settings: Settings, ends: Endpoints, pools: Pools,
         exc = failure.exception()
         log.error("%s failed: %s", failure.get_name(), exc, exc_info=exc)
     return 1 if failed else 0
+
+
+def _tariff_report(pool: asyncpg.Pool) -> Callable[[str, str], Awaitable[None]]:
+    instance = f"{socket.gethostname()}:{os.getpid()}"
+
+    async def report(in_force: str, attempted: str) -> None:
+        await report_tariff_load(pool, instance, in_force, attempted)
+
+    return report
 
 
 def _plans_in_use(pool: asyncpg.Pool) -> Callable[[], Awaitable[PlansInUse]]:

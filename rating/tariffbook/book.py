@@ -8,6 +8,7 @@ rename: a file caught half-written may happen to parse.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,17 @@ def fingerprint(root: Path) -> Fingerprint:
     return tuple(entries)
 
 
+def files_digest(root: Path, files: Fingerprint) -> str:
+    """``files`` (a fingerprint of ``root``) as a short digest, by paths relative to
+    ``root``: two processes that see the same files, however they name the directory,
+    get the same digest."""
+    digest = hashlib.sha256()
+    for path, mtime_ns, size in files:
+        name = os.path.relpath(path, root).encode("utf-8", "surrogateescape")
+        digest.update(b"%s\0%d\0%d\n" % (name, mtime_ns, size))
+    return digest.hexdigest()[:32]
+
+
 class TariffStore:
     """Holds the current ``TariffBook`` for ``root``; the constructor loads it.
 
@@ -53,11 +65,12 @@ class TariffStore:
     start without prices.
     """
 
-    __slots__ = ("_attempted", "book", "last_issues", "root")
+    __slots__ = ("_attempted", "_in_force", "book", "last_issues", "root")
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._attempted = fingerprint(root)
+        self._in_force = self._attempted  # the files of the book in force
         self.book: TariffBook = load_tariffs(root)
         self.last_issues: list[TariffIssue] = []
 
@@ -68,7 +81,7 @@ class TariffStore:
         reported as those of an invalid file (rating/tariffbook/references.py).
         """
         # Taken before reading, so an edit landing mid-load triggers another reload.
-        self._attempted = fingerprint(self.root)
+        attempted = self._attempted = fingerprint(self.root)
         try:
             book = load_tariffs(self.root)
         except TariffError as exc:
@@ -79,8 +92,14 @@ class TariffStore:
             self.last_issues = refused
             return ReloadResult(ok=False, issues=refused, changed=False)
         self.book = book
+        self._in_force = attempted
         self.last_issues = []
         return ReloadResult(ok=True, issues=[], changed=True)
+
+    def digests(self) -> tuple[str, str]:
+        """``files_digest`` of the files in force, and of those last tried."""
+        return (files_digest(self.root, self._in_force),
+                files_digest(self.root, self._attempted))
 
     def changed(self) -> bool:
         """Whether any file changed since the last reload attempt."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
+import orjson
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -30,6 +32,7 @@ from tests.support import (
     engine_env,
     ledger_explains_balances,
     publish_with_librdkafka,
+    read_topic,
     usage_event,
     wait_until,
 )
@@ -174,6 +177,39 @@ async def test_sigterm_finishes_the_batch_commits_and_exits_zero(
     assert consumed == 0
     assert loop_samples >= 10
     assert await pool.fetchval("SELECT count(*) FROM ledger") == 400
+
+
+async def test_a_replay_right_after_a_tariff_fix_waits_for_the_engine_and_bills_once(
+        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str, tmp_path: Path) -> None:
+    tariffs = Path(shutil.copytree(settings.tariffs_dir, tmp_path / "tariffs"))
+    settings = replace(settings, tariffs_dir=tariffs)
+    await create_topics(settings, kafka_bootstrap)
+    await AccountStore(pool).create(NewAccount("acct-1", "standard", "EUR", parse_amount("5")))
+    log = tmp_path / "engine.log"
+    # A slow poll, so that a replay sent at once would reach the engine before the fix.
+    env = engine_env(settings, RATING_TARIFF_POLL_SECONDS="5")
+    engine = start_engine(env, log)
+    try:
+        await wait_for_log(log, "rating engine running", engine)
+        publish_with_librdkafka(kafka_bootstrap, settings.usage_topic, [("acct-1", usage_event(
+            "usage.sms", "sn-1", "acct-1",
+            {"message_id": "m-1", "destination": "+221771234567", "segments": 1}))])
+        [refused] = await read_topic(kafka_bootstrap, settings.dlq_topic, 1)
+        assert dict(refused.headers)["error_code"] == b"no_rate"
+        sms = tariffs / "rates" / "standard" / "sms.csv"
+        sms.write_text(sms.read_text() + "SN,0.0310\n")  # the billing team prices Senegal
+        replay = await asyncio.to_thread(run_cli, env, "dlq", "replay")
+        assert replay.returncode == 0, replay.stderr
+        assert orjson.loads(replay.stdout) == {"scanned": 1, "replayed": 1, "still_failing": 0}
+        assert "waiting for the running engines to load the tariff files" in replay.stderr
+        await wait_until(lambda: _applied_at_least(pool, 1), what="the replayed SMS billed")
+        await asyncio.sleep(2)
+        # Billed on its first replay: not refused a second time.
+        assert len(await read_topic(kafka_bootstrap, settings.dlq_topic, 2, timeout_s=3)) == 1
+    finally:
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(60) == 0, log.read_text()[-3000:]
+    assert await pool.fetchval("SELECT amount FROM ledger") == -parse_amount("0.031")
 
 
 def _metric_total(port: int, name: str) -> float:
