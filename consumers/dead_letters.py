@@ -5,7 +5,9 @@ A refused record goes to the DLQ with its original key and bytes and the headers
 ``source_offset``. Some records cannot be published as they are, and are published
 in a form that can be:
 
-- a tombstone (null key and value): an empty value and ``value_null: true``;
+- a tombstone: published as one (a null value) with ``value_null: true``; one with a
+  null key as well cannot be (a Kafka record needs a key or a value), so its value is
+  empty, still with ``value_null: true``;
 - a value over ``MAX_VALUE_BYTES``: its first ``MAX_VALUE_BYTES`` bytes, with
   ``value_truncated: true``, ``original_size`` and ``original_sha256`` (hex);
 - a key over ``MAX_KEY_BYTES``: truncated the same way (``key_truncated``,
@@ -81,7 +83,7 @@ def _digest(data: bytes) -> bytes:
 
 
 def dead_letter(item: Rejected, *, without_value: bool = False
-                ) -> tuple[bytes | None, bytes, Headers]:
+                ) -> tuple[bytes | None, bytes | None, Headers]:
     """The key, value and headers ``item`` is published with (see the module docstring)."""
     record = item.record
     headers: Headers = [
@@ -93,7 +95,8 @@ def dead_letter(item: Rejected, *, without_value: bool = False
     value = record.value
     if value is None:
         headers.append(("value_null", b"true"))
-        value = b""
+        if record.key is None:
+            value = b""  # key and value both null: no record carries that
     elif without_value or len(value) > MAX_VALUE_BYTES:
         headers += [("value_truncated", b"true"), ("original_size", str(len(value)).encode()),
                     ("original_sha256", _digest(value))]

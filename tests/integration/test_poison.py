@@ -99,16 +99,19 @@ async def test_a_tombstone_and_a_2_mb_record_go_to_the_dlq_and_the_partition_mov
                          "enable.idempotence": False})
     producer.produce(env.usage_topic, value=call("before", "acct-1"), key=b"acct-1")
     producer.produce(env.usage_topic, value=None, key=None)  # a tombstone
+    producer.produce(env.usage_topic, value=None, key=b"acct-1")  # one with a key
     producer.produce(env.usage_topic, value=big, key=b"acct-1")
     producer.produce(env.usage_topic, value=call("after", "acct-1"), key=b"acct-1")
     assert producer.flush(30) == 0
     async with running_consumer(env, pool):
         await wait_until(lambda: at_least(pool, 2), what="the events around them billed")
-        dlq = await read_topic(kafka_bootstrap, env.dlq_topic, 2)
-    assert len(dlq) == 2
-    tombstone, truncated = sorted(dlq, key=lambda m: int(headers(m)["source_offset"]))
+        dlq = await read_topic(kafka_bootstrap, env.dlq_topic, 3)
+    assert len(dlq) == 3
+    tombstone, keyed, truncated = sorted(dlq, key=lambda m: int(headers(m)["source_offset"]))
     assert tombstone.key is None and tombstone.value == b""
     assert headers(tombstone)["value_null"] == b"true"
+    assert (keyed.key, keyed.value) == (b"acct-1", None)  # the original, unchanged
+    assert headers(keyed)["value_null"] == b"true"
     assert headers(tombstone)["error_code"] == b"invalid_event"
     found = headers(truncated)
     assert found["error_code"] == b"invalid_event"

@@ -57,7 +57,11 @@ def test_the_largest_dead_letter_fits_the_producers_request_size() -> None:
     assert size <= PRODUCER_MAX_REQUEST_BYTES
 
 
-def test_a_tombstone_goes_with_an_empty_value_and_says_so() -> None:
+def test_a_tombstone_goes_as_one_and_says_so() -> None:
+    key, value, headers = dead_letter(Rejected(record(None, key=b"acct-1"), "invalid_event", "t"))
+    assert key == b"acct-1" and value is None  # unchanged: a null value
+    assert dict(headers)["value_null"] == b"true"
+    # With a null key too no Kafka record can carry it: an empty value, said so.
     key, value, headers = dead_letter(Rejected(record(None, key=None), "invalid_event", "t"))
     assert key is None and value == b""
     assert dict(headers)["value_null"] == b"true"
