@@ -19,7 +19,12 @@ from aiokafka.errors import KafkaError
 
 from commands.accounts import store_for
 from consumers.dlq_reader import find_in_dlq, scan_dlq
-from consumers.dlq_replay import DEFAULT_REPLAY_CODES, replay_dlq, wait_for_tariffs
+from consumers.dlq_replay import (
+    DEFAULT_REPLAY_CODES,
+    REPLAY_MAX_RECORD_BYTES,
+    replay_dlq,
+    wait_for_tariffs,
+)
 from engine.services import existing_kafka_bootstrap, kafka_producer
 from rating.core.errors import BrokerUnavailable, CommandError, PermanentError, TariffError
 from rating.core.events import decode_usage_event
@@ -57,12 +62,13 @@ def _line(out: TextIO, value: object) -> None:
 async def cmd_events_show(settings: Settings, out: TextIO, source: str, event_id: str) -> int:
     """One JSON object: applied (from the ledger), refused (from the DLQ) or not_found."""
     check_event_key(source, event_id)
-    async with store_for(settings) as store, store.pool.acquire() as conn:
-        answer = await applied_event(conn, source, event_id)
-    if answer is None:
-        record = await find_in_dlq(await kafka_for(settings), settings.dlq_topic, source,
-                                   event_id)
-        answer = record.refused() if record is not None else {"status": "not_found"}
+    async with store_for(settings) as store:
+        async with store.pool.acquire() as conn:
+            answer = await applied_event(conn, source, event_id)
+        if answer is None:
+            record = await find_in_dlq(await kafka_for(settings), settings.dlq_topic, source,
+                                       event_id, store.pool)
+            answer = record.refused() if record is not None else {"status": "not_found"}
     out.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
@@ -71,10 +77,13 @@ async def cmd_dlq_list(settings: Settings, out: TextIO, codes: Sequence[str] | N
                        since: str | None) -> int:
     """One JSON line per DLQ record (of the codes given, written since the time given)."""
     wanted = frozenset(codes) if codes else None
-    async for record in scan_dlq(await kafka_for(settings), settings.dlq_topic,
-                                 since=since_arg(since)):
-        if wanted is None or record.error_code in wanted:
-            _line(out, record.listing())
+    when = since_arg(since)
+    bootstrap = await kafka_for(settings)
+    async with store_for(settings) as store:  # records cut in the topic come whole
+        async for record in scan_dlq(bootstrap, settings.dlq_topic, since=when,
+                                     pool=store.pool):
+            if wanted is None or record.error_code in wanted:
+                _line(out, record.listing())
     out.flush()
     return 0
 
@@ -99,7 +108,8 @@ async def cmd_dlq_replay(settings: Settings, out: TextIO, codes: Sequence[str] |
                                       book=book, producer=None,
                                       codes=codes or DEFAULT_REPLAY_CODES, since=when)
         else:
-            async with kafka_producer(bootstrap) as producer:
+            async with kafka_producer(bootstrap,
+                                      max_request_size=REPLAY_MAX_RECORD_BYTES) as producer:
                 counts = await replay_dlq(bootstrap=bootstrap, dlq_topic=settings.dlq_topic,
                                           usage_topic=settings.usage_topic, pool=store.pool,
                                           book=book, producer=producer,

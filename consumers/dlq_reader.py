@@ -3,6 +3,10 @@
 The end is where every partition's position has reached its end offset AND a poll
 has then found nothing for ``idle_s``: the embedded broker's high watermark can
 undercount a topic written in batches, so it alone is not trusted as the end.
+
+A record published cut (its value or key too large for the topic) is read back whole
+from the overflow store when a database pool is given: listed, explained and replayed
+with its original bytes.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from rating.core.dlq import DlqRecord
 from rating.core.errors import BrokerUnavailable
+from rating.stores.dead_letters import kept_whole
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +33,10 @@ _STUCK_S = 5.0
 
 
 async def scan_dlq(bootstrap: str, topic: str, *, since: datetime | None = None,
-                   idle_s: float = 0.5) -> AsyncIterator[DlqRecord]:
-    """Every record of ``topic`` (written at or after ``since``), in partition order.
+                   idle_s: float = 0.5,
+                   pool: asyncpg.Pool | None = None) -> AsyncIterator[DlqRecord]:
+    """Every record of ``topic`` (written at or after ``since``), in partition order;
+    with ``pool``, a record published cut comes whole from the overflow store.
 
     A topic that does not exist yields nothing. ``BrokerUnavailable`` if Kafka cannot
     be reached.
@@ -43,11 +51,32 @@ async def scan_dlq(bootstrap: str, topic: str, *, since: datetime | None = None,
         raise BrokerUnavailable(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
         async for record in _scan(consumer, topic, since, idle_s):
-            yield record
+            yield await _whole(pool, record) if pool is not None and _cut(record) else record
     except KafkaError as exc:
         raise BrokerUnavailable(f"reading {topic} failed: {exc}") from exc
     finally:
         await consumer.stop()
+
+
+def _cut(record: DlqRecord) -> bool:
+    return "true" in (record.headers.get("value_truncated"), record.headers.get("key_truncated"))
+
+
+async def _whole(pool: asyncpg.Pool, record: DlqRecord) -> DlqRecord:
+    """``record`` with the original key and value the overflow store kept, if it did."""
+    headers = record.headers
+    try:
+        where = (headers["source_topic"], int(headers["source_partition"]),
+                 int(headers["source_offset"]))
+    except (KeyError, ValueError):
+        return record
+    async with pool.acquire() as conn:
+        kept = await kept_whole(conn, *where)
+    if kept is None:
+        return record
+    key, value = kept
+    return DlqRecord.of(record.partition, record.offset, record.timestamp_ms, key, value,
+                        [(name, text.encode()) for name, text in headers.items()])
 
 
 async def _scan(consumer: AIOKafkaConsumer, topic: str, since: datetime | None,
@@ -106,11 +135,11 @@ async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
             consumer.seek(tp, hit.offset)
 
 
-async def find_in_dlq(bootstrap: str, topic: str, source: str,
-                      event_id: str) -> DlqRecord | None:
+async def find_in_dlq(bootstrap: str, topic: str, source: str, event_id: str,
+                      pool: asyncpg.Pool | None = None) -> DlqRecord | None:
     """The last DLQ record of the event ``(source, event_id)``, or None."""
     found = None
-    async for record in scan_dlq(bootstrap, topic):
+    async for record in scan_dlq(bootstrap, topic, pool=pool):
         if record.event_id == event_id and record.source == source:
             found = record
     return found

@@ -17,7 +17,7 @@ from datetime import datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
 from consumers.dlq_reader import scan_dlq
 from rating.core.dlq import DlqRecord
@@ -32,6 +32,9 @@ from rating.stores.tariff_loads import live_tariff_loads
 # What a fix can cure: an account created late, a plan or a rate added.
 DEFAULT_REPLAY_CODES = ("unknown_account", "unknown_plan", "no_rate")
 _CHUNK = 1000  # records checked against PostgreSQL per round trip
+# The largest record a replay sends: a record cut in the DLQ topic goes back whole (from
+# the overflow store), up to what the usage consumer fetches from one partition at once.
+REPLAY_MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -103,7 +106,7 @@ async def replay_dlq(*, bootstrap: str, dlq_topic: str, usage_topic: str, pool: 
     counts = ReplayCounts()
     chosen: set[tuple[str, str]] = set()
     chunk: list[_Candidate] = []
-    async for record in scan_dlq(bootstrap, dlq_topic, since=since):
+    async for record in scan_dlq(bootstrap, dlq_topic, since=since, pool=pool):
         counts.scanned += 1
         if record.error_code not in wanted:
             continue
@@ -142,9 +145,13 @@ async def _settle(chunk: list[_Candidate], counts: ReplayCounts, chosen: set[tup
         else:
             chosen.add(key)
             cured.append(candidate.record)
+    refused: list[DlqRecord] = []
     if producer is not None and cured:
-        await _republish(producer, usage_topic, cured)
-    counts.replayed += len(cured)
+        refused = await _republish(producer, usage_topic, cured)
+    counts.replayed += len(cured) - len(refused)
+    counts.still_failing += len(refused)  # too large for the broker: kept where it is
+    if refused:
+        counts.failures["too_large"] = counts.failures.get("too_large", 0) + len(refused)
 
 
 def _still_fails(event: UsageEvent, account: AccountInfo | None, book: TariffBook) -> str | None:
@@ -167,9 +174,28 @@ async def _in_ledger(conn: Connection, keys: list[tuple[str, str]]) -> set[tuple
     return {(r["event_source"], r["event_id"]) for r in rows}
 
 
-async def _republish(producer: AIOKafkaProducer, topic: str, records: list[DlqRecord]) -> None:
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
+
+
+async def _republish(producer: AIOKafkaProducer, topic: str,
+                     records: list[DlqRecord]) -> list[DlqRecord]:
+    """Send ``records``; the ones too large for the producer or the broker are returned
+    (they stay where they are: a replay is never stopped by one record)."""
+    too_large: list[DlqRecord] = []
+    sent: list[tuple[DlqRecord, asyncio.Future[object]]] = []
     try:
-        futures = [await producer.send(topic, value=r.value, key=r.key) for r in records]
-        await asyncio.gather(*futures)
+        for record in records:
+            try:
+                sent.append((record, await producer.send(topic, value=record.value,
+                                                         key=record.key)))
+            except _TOO_LARGE:
+                too_large.append(record)
+        for record, outcome in zip([r for r, _ in sent], await asyncio.gather(
+                *(future for _, future in sent), return_exceptions=True), strict=True):
+            if isinstance(outcome, _TOO_LARGE):
+                too_large.append(record)
+            elif isinstance(outcome, BaseException):
+                raise outcome
     except KafkaError as exc:
         raise BrokerUnavailable(f"republishing to {topic} failed: {exc}") from exc
+    return too_large

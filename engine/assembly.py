@@ -341,7 +341,7 @@ async def _start_extras(engine: Engine, stack: contextlib.AsyncExitStack,
                             sweep_every_s=engine.settings.recharge_sweep_seconds)
     topups = TopupService(engine.pool, provider, policy)
     dlq_search = functools.partial(find_in_dlq, engine.endpoints.kafka_bootstrap,
-                                   engine.settings.dlq_topic)
+                                   engine.settings.dlq_topic, pool=engine.pool)
     reservations = reservation_store(engine.pool, engine.settings)
     api = HttpApi(store=store, tariffs=engine.tariffs, topups=topups, settings=engine.settings,
                   readiness=engine.readiness, dlq_search=dlq_search,

@@ -155,11 +155,12 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], *,
 
 
 @contextlib.asynccontextmanager
-async def kafka_producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+async def kafka_producer(bootstrap: str, *, max_request_size: int = 1_048_576,
+                         ) -> AsyncIterator[AIOKafkaProducer]:
     # acks=all and no idempotence: the embedded broker has no idempotent producer,
     # and correctness never depends on it (the ledger deduplicates).
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                request_timeout_ms=15_000)
+                                request_timeout_ms=15_000, max_request_size=max_request_size)
     try:
         await producer.start()
     except KafkaError as exc:

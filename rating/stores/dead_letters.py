@@ -46,3 +46,13 @@ async def keep_dead_letters(conn: Connection, letters: Sequence[StoredDeadLetter
         """,
         [(_text(d.source_topic), d.source_partition, d.source_offset, d.key, d.value,
           _text(d.error_code), _text(d.error), _text(d.publish_error)) for d in letters])
+
+
+async def kept_whole(conn: Connection, source_topic: str, source_partition: int,
+                     source_offset: int) -> tuple[bytes | None, bytes | None] | None:
+    """The original key and value of a refused record kept here, or None."""
+    row = await conn.fetchrow(
+        "SELECT key, value FROM dead_letters WHERE source_topic = $1"
+        " AND source_partition = $2 AND source_offset = $3",
+        _text(source_topic), source_partition, source_offset)
+    return None if row is None else (row["key"], row["value"])

@@ -14,6 +14,7 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
+from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
 from api.accounts import HttpApi
@@ -353,3 +354,35 @@ async def test_replay_bills_cured_events_exactly_once_replayed_twice(
         "scanned": 0, "replayed": 0, "still_failing": 0}
     assert await ledger_explains_balances(pool) == []
 
+
+
+async def test_a_record_cut_in_the_dlq_is_explained_listed_and_replayed_whole(
+        env: Settings, pool: asyncpg.Pool, kafka_bootstrap: str, tariffs_dir: Path) -> None:
+    await make_account(pool, "acct-1", "5.00")
+    # 1.2 MB (a switch's debug field): refused (no DE rate), cut in the DLQ topic.
+    big = usage_event("usage.call", "big-1", "acct-1", {
+        "call_id": "c-big", "destination": DE_LANDLINE, "from_s": 0, "to_s": 60,
+        "trace": "x" * 1_200_000})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 5_000_000,
+                         "enable.idempotence": False})
+    producer.produce(env.usage_topic, value=big, key=b"acct-1")
+    assert producer.flush(30) == 0
+    async with running_consumer(env, pool):
+        [cut] = await read_topic(kafka_bootstrap, env.dlq_topic, 1)
+    assert len(cut.value) < len(big) and dict(cut.headers)["value_truncated"] == b"true"
+    # Read back whole from the overflow store: found, listed with its id, replayable.
+    source = orjson.loads(big)["source"]
+    answer = await show(env, source, "big-1")
+    assert answer["status"] == "refused" and answer["error_code"] == "no_rate"
+    out = io.StringIO()
+    assert await cmd_dlq_list(env, out, None, None) == 0
+    [listed] = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert (listed["id"], listed["source"], listed["subject"]) == ("big-1", source, "acct-1")
+    calls = tariffs_dir / "rates" / "flat" / "call.csv"
+    calls.write_text(calls.read_text() + "DE,,0.50,,\n")
+    out = io.StringIO()
+    assert await cmd_dlq_replay(env, out, None, None, False) == 0
+    assert orjson.loads(out.getvalue()) == {"scanned": 1, "replayed": 1, "still_failing": 0}
+    async with running_consumer(env, pool):
+        await wait_until(lambda: has_rows(pool, 1), what="the whole record billed")
+    assert await balance_of(pool, "acct-1") == parse_amount("4.50")
