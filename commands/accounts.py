@@ -132,6 +132,8 @@ async def cmd_topup(settings: Settings, out: TextIO, account_id: str, amount: st
         topups = TopupService(store.pool, provider)
         result = await topups.topup(account_id, micros, key)
     body = account_json(result.account)
+    # "pending": the card payment lands later; the running engine credits it then.
+    body["payment"] = result.status
     body["credited"] = result.credited
     _print_json(out, body)
     return 0

@@ -5,14 +5,18 @@ Every account has a deterministic test card (``sample_card``) unless told it has
 or that it is expired (``set_card``); a charge on such an account is declined with
 ``no_payment_method`` or ``expired_card``.
 
-Payments live in memory: after a restart the provider knows none of the earlier ones
-(``status`` raises ``UnknownPayment``). Their ids carry a random tag of the instance, so
-that a new payment never answers for an old one, as a real provider's ids never repeat.
+Payments live in memory, but a delayed one can be answered by any process: its id
+says when it settles (``simpay_TAG_N_dueMS``, MS the Unix time in milliseconds), so the
+engine settles a payment the command line made, or one made before a restart, as a real
+provider would. Any other id it did not make is unknown (``UnknownPayment``). Ids carry
+a random tag of the instance, so that a new payment never answers for an old one, as a
+real provider's ids never repeat.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -54,6 +58,9 @@ class SimulatedPayment:
     hard: bool  # a hard decline: the card can never be charged
     settles_at: float | None  # monotonic time a pending payment succeeds
 
+
+# A delayed payment's id, answerable by any process: see the module docstring.
+_DUE_ID = re.compile(r"simpay_[0-9a-f]{8}_[0-9]{6,}_due([0-9]{1,400})", re.ASCII)
 
 # What a decline says, as a card processor's decline code would.
 _REASONS: dict[str, str] = {"decline": "card_declined", "hard_decline": "card_closed"}
@@ -164,8 +171,12 @@ class SimulatedProvider:
         card_problem = self._card_problem(request.account_id)
         if card_problem is not None:  # nothing to charge, and retrying cannot help
             status, reason, hard = "declined", card_problem, True
+        payment_id = f"simpay_{self._tag}_{len(self.payments) + 1:06d}"
+        if behaviour.mode == "delay" and status == "pending":
+            due_ms = int((time.time() + behaviour.delay_s) * 1000)
+            payment_id += f"_due{due_ms}"
         payment = SimulatedPayment(
-            payment_id=f"simpay_{self._tag}_{len(self.payments) + 1:06d}",
+            payment_id=payment_id,
             idempotency_key=request.idempotency_key, account_id=request.account_id,
             amount=request.amount, currency=request.currency,
             status=status,
@@ -180,7 +191,12 @@ class SimulatedProvider:
     async def status(self, payment_id: str) -> PaymentResult:
         payment = self._by_id.get(payment_id)
         if payment is None:
-            raise UnknownPayment(f"unknown payment {payment_id!r}")
+            due = _DUE_ID.fullmatch(payment_id)
+            if due is None:
+                raise UnknownPayment(f"unknown payment {payment_id!r}")
+            # Another process's (or an earlier run's) delayed payment: it says when.
+            settled = time.time() * 1000 >= int(due.group(1))
+            return PaymentResult("succeeded" if settled else "pending", payment_id)
         return self._result(payment)
 
     def _result(self, payment: SimulatedPayment) -> PaymentResult:

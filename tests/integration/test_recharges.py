@@ -256,8 +256,9 @@ async def test_a_pending_payment_the_provider_no_longer_knows_is_marked_never_cr
     [crossing] = await crossings(pool)
     before = RechargeService(pool, SimulatedProvider("delay:60"), FAST)
     assert await before.on_balance_low("acct-1", crossing) == "pending"
-    # The provider restarts and forgets its payments (as the simulated one does); its
-    # first new payment must not answer for the old one.
+    # A payment id the provider never made (another provider's, a lost record): it
+    # must never be answered by a payment of the provider's own.
+    await pool.execute("UPDATE recharges SET payment_id = 'simpay_000001'")
     provider = SimulatedProvider("succeed")
     await TopupService(pool, provider, FAST).topup("acct-1", EUR("1.00"), "other")
     await asyncio.sleep(0.2)
@@ -268,6 +269,20 @@ async def test_a_pending_payment_the_provider_no_longer_knows_is_marked_never_cr
     assert "UnknownPayment" in row["last_error"]
     assert await credits(pool, "recharge") == []
     assert await balance(pool) == EUR("5.00")
+
+
+async def test_a_recharge_pending_across_a_restart_is_credited_once_when_due(
+        pool: asyncpg.Pool) -> None:
+    await make_account(pool)
+    await debit(pool, "acct-1", "6.00")
+    [crossing] = await crossings(pool)
+    before = RechargeService(pool, SimulatedProvider("delay:0.5"), FAST)
+    assert await before.on_balance_low("acct-1", crossing) == "pending"
+    after = RechargeService(pool, SimulatedProvider("succeed"), FAST)  # restarted
+    await asyncio.sleep(0.7)
+    assert await after.settle_pending() == ["succeeded"]
+    assert await credits(pool, "recharge") == [EUR("20.00")]
+    assert await balance(pool) == EUR("24.00")
 
 
 async def test_an_unanswered_charge_is_asked_again_with_the_same_key(

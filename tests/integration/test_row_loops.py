@@ -161,8 +161,9 @@ async def test_a_payment_the_provider_no_longer_knows_is_set_aside_never_credite
     await store.create_many(NewAccount(a, "standard", "EUR") for a in ("acct-a", "acct-b"))
     before = TopupService(pool, SimulatedProvider("delay:60"), FAST)
     assert (await before.topup("acct-a", parse_amount("5"), "k")).status == "pending"
-    # The provider restarts and forgets its payments (as the simulated one does); its
-    # first new payment, for another account, must not answer for acct-a's.
+    # A payment id the provider never made (another provider's, a lost record): it
+    # must never be answered by a payment of the provider's own.
+    await pool.execute("UPDATE topup_payments SET payment_id = 'simpay_000001'")
     after = TopupService(pool, SimulatedProvider("succeed"), FAST)
     assert (await after.topup("acct-b", parse_amount("7"), "k")).status == "succeeded"
     await asyncio.sleep(0.2)
@@ -177,6 +178,23 @@ async def test_a_payment_the_provider_no_longer_knows_is_set_aside_never_credite
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
     balances = dict(await pool.fetch("SELECT id, balance FROM accounts"))
     assert balances == {"acct-a": 0, "acct-b": parse_amount("7")}
+
+
+async def test_a_delayed_payment_made_by_another_process_is_credited_once_when_due(
+        pool: asyncpg.Pool) -> None:
+    await AccountStore(pool).create(NewAccount("acct-a", "standard", "EUR"))
+    # The command line pays (its own provider), then exits; the engine settles it.
+    command_line = TopupService(pool, SimulatedProvider("delay:0.5"), FAST)
+    assert (await command_line.topup("acct-a", parse_amount("5"), "k")).status == "pending"
+    engine = TopupService(pool, SimulatedProvider("succeed"), FAST)
+    await asyncio.sleep(0.2)
+    assert await engine.settle_pending() == 0  # not due yet: still pending
+    await asyncio.sleep(0.5)
+    assert await engine.settle_pending() == 1
+    await asyncio.sleep(0.2)
+    assert await engine.settle_pending() == 0
+    assert await pool.fetchval("SELECT balance FROM accounts") == parse_amount("5")
+    assert await pool.fetchval("SELECT status FROM topup_payments") == "succeeded"
 
 
 async def test_a_reload_that_drops_a_plan_accounts_are_on_is_refused(

@@ -101,8 +101,16 @@ async def test_cli_topup_charges_through_the_provider(settings: Settings,
     assert await cmd_topup(settings, out, "acct-1", "2.50", "cli-1", provider) == 0
     assert await cmd_topup(settings, out, "acct-1", "2.50", "cli-1", provider) == 0
     first, second = (orjson.loads(part + "}") for part in out.getvalue().split("\n}\n")[:2])
-    assert (first["credited"], first["balance"]) == (True, "12.500000")
+    assert (first["payment"], first["credited"], first["balance"]) == (
+        "succeeded", True, "12.500000")
     assert (second["credited"], second["balance"]) == (False, "12.500000")
+    # A card that takes a while: said so, and credited once it lands.
+    provider.set_behaviour("delay:30")
+    out = io.StringIO()
+    assert await cmd_topup(settings, out, "acct-1", "1.00", "cli-late", provider) == 0
+    late = orjson.loads(out.getvalue())
+    assert (late["payment"], late["credited"], late["balance"]) == (
+        "pending", False, "12.500000")
     provider.set_behaviour("decline")
     with pytest.raises(PaymentDeclined):
         await cmd_topup(settings, io.StringIO(), "acct-1", "1.00", "cli-2", provider)
