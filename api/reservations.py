@@ -120,7 +120,10 @@ def reservation_json(reservation: Reservation, available: int | None = None
         "held": format_amount(reservation.held),
         "used": format_amount(reservation.used),
         "currency": reservation.currency,
-        "expires_at": _iso(reservation.expires_at),
+        # A closed reservation holds nothing and ends when it closed: a switch that reads
+        # only the grant's fields never takes one for a call it may still run.
+        "expires_at": _iso(reservation.expires_at if reservation.closed_at is None
+                           else reservation.closed_at),
         "created_at": _iso(reservation.created_at),
         "closed_at": None if reservation.closed_at is None else _iso(reservation.closed_at),
         "rate": {"per_minute": format_amount(reservation.rate.rate_per_minute),

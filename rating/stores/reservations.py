@@ -152,7 +152,8 @@ class ReservationStore:
         reservation = Reservation.from_json(raw)
         if outcome == "closed":
             raise ReservationClosed(
-                f"reservation {reservation_id!r} is {reservation.status}: reserve again")
+                f"reservation {reservation_id!r} is {reservation.status}: a new call needs a"
+                f" reservation of its own (a new call_id)")
         if outcome == "refused":
             raise InsufficientCredit(
                 f"available credit {format_amount(available)} does not cover one more"

@@ -98,6 +98,15 @@ async def test_reserve_extend_release_as_a_voice_switch(api: Api) -> None:
     assert status == 200 and again["status"] == "released"
     status, body = await api.call("POST", f"{BASE}/{rid}/extend", headers=SWITCH)
     assert (status, body["error"]["code"]) == (409, "reservation_closed")
+    assert "a new call_id" in body["error"]["message"]
+    # The same call reserved again: the same reservation, holding nothing, over when it
+    # closed (not at the expiry it had while open).
+    status, closed = await api.call("POST", BASE, CALL, headers=SWITCH)
+    assert status == 200 and closed["reservation_id"] == rid
+    assert (closed["status"], closed["held"]) == ("released", "0.000000")
+    assert closed["expires_at"] == closed["closed_at"] is not None
+    assert closed["expires_at"] < extended["expires_at"]
+    assert_matches(closed, "Reservation")
     assert documented("/v1/accounts/{account_id}/reservations/{reservation_id}/extend", "post",
                       409)
     # Reservations are not audit material (their rows are their record).
