@@ -367,22 +367,25 @@ async def test_a_record_cut_in_the_dlq_is_explained_listed_and_replayed_whole(
                          "enable.idempotence": False})
     producer.produce(env.usage_topic, value=big, key=b"acct-1")
     assert producer.flush(30) == 0
-    async with running_consumer(env, pool):
+    tariffs = TariffStore(tariffs_dir)
+    async with running_consumer(env, pool, tariffs):  # one consumer throughout: one join
         [cut] = await read_topic(kafka_bootstrap, env.dlq_topic, 1)
-    assert len(cut.value) < len(big) and dict(cut.headers)["value_truncated"] == b"true"
-    # Read back whole from the overflow store: found, listed with its id, replayable.
-    source = orjson.loads(big)["source"]
-    answer = await show(env, source, "big-1")
-    assert answer["status"] == "refused" and answer["error_code"] == "no_rate"
-    out = io.StringIO()
-    assert await cmd_dlq_list(env, out, None, None) == 0
-    [listed] = [orjson.loads(line) for line in out.getvalue().splitlines()]
-    assert (listed["id"], listed["source"], listed["subject"]) == ("big-1", source, "acct-1")
-    calls = tariffs_dir / "rates" / "flat" / "call.csv"
-    calls.write_text(calls.read_text() + "DE,,0.50,,\n")
-    out = io.StringIO()
-    assert await cmd_dlq_replay(env, out, None, None, False) == 0
-    assert orjson.loads(out.getvalue()) == {"scanned": 1, "replayed": 1, "still_failing": 0}
-    async with running_consumer(env, pool):
+        assert len(cut.value) < len(big) and dict(cut.headers)["value_truncated"] == b"true"
+        # Read back whole from the overflow store: found, listed with its id, replayable.
+        source = orjson.loads(big)["source"]
+        answer = await show(env, source, "big-1")
+        assert answer["status"] == "refused" and answer["error_code"] == "no_rate"
+        out = io.StringIO()
+        assert await cmd_dlq_list(env, out, None, None) == 0
+        [listed] = [orjson.loads(line) for line in out.getvalue().splitlines()]
+        assert (listed["id"], listed["source"], listed["subject"]) == (
+            "big-1", source, "acct-1")
+        calls = tariffs_dir / "rates" / "flat" / "call.csv"
+        calls.write_text(calls.read_text() + "DE,,0.50,,\n")
+        assert tariffs.reload().ok  # as the engine's watcher would
+        out = io.StringIO()
+        assert await cmd_dlq_replay(env, out, None, None, False) == 0
+        assert orjson.loads(out.getvalue()) == {
+            "scanned": 1, "replayed": 1, "still_failing": 0}
         await wait_until(lambda: has_rows(pool, 1), what="the whole record billed")
     assert await balance_of(pool, "acct-1") == parse_amount("4.50")

@@ -186,8 +186,8 @@ async def test_a_replay_right_after_a_tariff_fix_waits_for_the_engine_and_bills_
     await create_topics(settings, kafka_bootstrap)
     await AccountStore(pool).create(NewAccount("acct-1", "standard", "EUR", parse_amount("5")))
     log = tmp_path / "engine.log"
-    # A slow poll, so that a replay sent at once would reach the engine before the fix.
-    env = engine_env(settings, RATING_TARIFF_POLL_SECONDS="5")
+    # The engine would see the fix only in a minute: it reloads when told to (SIGHUP).
+    env = engine_env(settings, RATING_TARIFF_POLL_SECONDS="60")
     engine = start_engine(env, log)
     try:
         await wait_for_log(log, "rating engine running", engine)
@@ -198,14 +198,23 @@ async def test_a_replay_right_after_a_tariff_fix_waits_for_the_engine_and_bills_
         assert dict(refused.headers)["error_code"] == b"no_rate"
         sms = tariffs / "rates" / "standard" / "sms.csv"
         sms.write_text(sms.read_text() + "SN,0.0310\n")  # the billing team prices Senegal
-        replay = await asyncio.to_thread(run_cli, env, "dlq", "replay")
-        assert replay.returncode == 0, replay.stderr
-        assert orjson.loads(replay.stdout) == {"scanned": 1, "replayed": 1, "still_failing": 0}
-        assert "waiting for the running engines to load the tariff files" in replay.stderr
+        said = tmp_path / "replay.err"
+        with said.open("wb") as err:
+            replay = subprocess.Popen([*ENGINE, "dlq", "replay"], env=env, cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=err)
+
+        async def waiting() -> bool:
+            return b"waiting for the running engines to load" in said.read_bytes()
+
+        await wait_until(waiting, what="the replay waiting for the engine")
+        engine.send_signal(signal.SIGHUP)  # the engine loads the fix; the replay goes on
+        stdout, _ = await asyncio.to_thread(replay.communicate, timeout=60)
+        assert replay.returncode == 0, said.read_text()
+        assert orjson.loads(stdout) == {"scanned": 1, "replayed": 1, "still_failing": 0}
         await wait_until(lambda: _applied_at_least(pool, 1), what="the replayed SMS billed")
-        await asyncio.sleep(2)
+        await asyncio.sleep(1)
         # Billed on its first replay: not refused a second time.
-        assert len(await read_topic(kafka_bootstrap, settings.dlq_topic, 2, timeout_s=3)) == 1
+        assert len(await read_topic(kafka_bootstrap, settings.dlq_topic, 2, timeout_s=2)) == 1
     finally:
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(60) == 0, log.read_text()[-3000:]
