@@ -2,7 +2,8 @@
 
 Most calling codes belong to one country and are resolved from a table without
 parsing. Shared codes (+1 NANP, +7, +44, ...) need the number's own digits, so
-those go through ``phonenumbers`` once per distinct number (cached).
+those go through ``phonenumbers``' region ranges once per distinct number (cached),
+with the number built from its digits rather than parsed (2.5 times cheaper).
 """
 
 from __future__ import annotations
@@ -30,13 +31,28 @@ def is_known_country(alpha2: str) -> bool:
     return alpha2 in SUPPORTED_REGIONS
 
 
+def _number(code: str, national: str) -> phonenumbers.PhoneNumber:
+    """The number ``phonenumbers.parse`` makes of ``+<code><national>`` (digits), built
+    directly: parsing is most of the cost, and E.164 digits need none of it."""
+    number = phonenumbers.PhoneNumber(country_code=int(code), national_number=int(national))
+    if len(national) > 1 and national[0] == "0":  # kept as parse keeps it (Italy, +39)
+        number.italian_leading_zero = True
+        zeros = 1
+        while zeros < len(national) - 1 and national[zeros] == "0":
+            zeros += 1
+        if zeros != 1:
+            number.number_of_leading_zeros = zeros
+    return number
+
+
 @lru_cache(maxsize=1 << 16)
-def _shared_code_country(e164: str, main: str) -> str:
-    try:
-        number = phonenumbers.parse(e164, None)
-    except phonenumbers.NumberParseException:
+def _shared_code_country(e164: str, code: str, main: str) -> str:
+    national = e164[1 + len(code):]
+    if not (national.isascii() and national.isdigit()):
         return main
-    region = phonenumbers.region_code_for_number(number)
+    # The digits as written: a trunk prefix written into E.164 digits (+7 8…) is not
+    # stripped, as parse() would when that makes the number fit another region.
+    region = phonenumbers.region_code_for_number(_number(code, national))
     # A number outside every known range still belongs to its calling code; the
     # code's main country is the least surprising answer (new ranges, test lines).
     if region is None or region in _NON_GEOGRAPHIC:
@@ -53,5 +69,5 @@ def country_of(e164: str) -> str | None:
             return single
         main = _SHARED.get(code)
         if main is not None:
-            return _shared_code_country(e164, main)
+            return _shared_code_country(e164, code, main)
     return None

@@ -23,9 +23,12 @@ SERVICES = ("call", "tollfree", "sms", "stt")
 class CallDeck:
     """Call rates by country, refined by E.164 digit prefixes (longest match wins).
 
-    A prefix row matches on digits alone, even when the number's country has
-    no country row: the billing team may price only some ranges of a country.
-    The charge then carries the prefix row's country.
+    The number's own country comes first (CONTRACT §4: derived from the number itself):
+    only that country's prefix rows, then its country row, may price it. Countries
+    that share a calling code (GB and Jersey under +44, the US and Canada under +1)
+    never borrow each other's rows: a Jersey mobile is not priced by GB's 447 row.
+    A country may have prefix rows and no country row (the billing team may price
+    only some of its ranges); its other numbers then have no rate.
     """
 
     by_country: Mapping[str, TimedRate]
@@ -45,20 +48,21 @@ class CallDeck:
 
     def match(self, e164: str) -> tuple[str | None, str | None, TimedRate]:
         """``(country, matched prefix or None for the country row, rate)``, or ``NoRate``."""
+        country = country_of(e164)
+        if country is None:
+            raise NoRate(f"no call rate for {e164} (country unknown)")
         by_prefix = self.by_prefix
         if by_prefix:
             digits = e164[1:]
             for length in self.prefix_lengths:
                 prefix = digits[:length]
                 hit = by_prefix.get(prefix)
-                if hit is not None:
-                    return hit[0], prefix, hit[1]
-        country = country_of(e164)
-        if country is not None:
-            rate = self.by_country.get(country)
-            if rate is not None:
-                return country, None, rate
-        raise NoRate(f"no call rate for {e164} (country {country or 'unknown'})")
+                if hit is not None and hit[0] == country:
+                    return country, prefix, hit[1]
+        rate = self.by_country.get(country)
+        if rate is not None:
+            return country, None, rate
+        raise NoRate(f"no call rate for {e164} (country {country})")
 
     def __len__(self) -> int:
         return len(self.by_country) + len(self.by_prefix)

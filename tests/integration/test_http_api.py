@@ -350,7 +350,7 @@ async def test_authorize_gives_the_seconds_the_balance_covers(api: Api) -> None:
                             "increment": "60/60"}
     assert_matches(body, "Authorization")
     # mobile prefix: 0.05 connect, 0.30/min, 30/6 -> 186 s cost 0.98, 187 s would cost 1.01
-    status, body = await api.call("GET", base + "call&destination=+447911123456")
+    status, body = await api.call("GET", base + "call&destination=+447400123456")
     assert body["max_seconds"] == 186
     mobile_rate = TimedRate(300_000, 50_000, Increment(30, 6))
     assert cost(186, mobile_rate) <= parse_amount("1.00") < cost(187, mobile_rate)

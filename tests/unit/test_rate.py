@@ -207,3 +207,20 @@ def test_book_accessors() -> None:
         BOOK.currency("gold")
     with pytest.raises(ValueError):
         TariffBook([PlanVersion("x", "EUR", V1), PlanVersion("x", "EUR", V1)])
+
+
+def test_a_number_is_priced_by_its_own_countrys_rows_never_a_neighbours() -> None:
+    """CONTRACT §4: the country comes from the number; countries sharing a calling code
+    (+44 GB and Jersey, +1 the US and Canada, +7 Russia and Kazakhstan) keep their rows."""
+    gb, gb_mobile, je = (TimedRate(r, 0, PER_MINUTE) for r in (12_000, 35_000, 50_000))
+    deck = CallDeck(by_country={"GB": gb, "JE": je, "US": TimedRate(9_000, 0, PER_MINUTE)},
+                    by_prefix={"447": ("GB", gb_mobile), "1212": ("CA", CA),
+                               "77": ("RU", TimedRate(90_000, 0, PER_MINUTE))})
+    assert deck.match("+447700900123") == ("GB", "447", gb_mobile)  # a GB mobile
+    assert deck.match("+447700312345") == ("JE", None, je)  # Jersey: not GB's 447 row
+    assert deck.match("+12125551234")[:2] == ("US", None)  # New York: not "CA,1212"
+    with pytest.raises(NoRate, match=r"\(country KZ\)"):
+        deck.match("+77012345678")  # Kazakhstan has no row: not RU's 77, not guessed
+    without_je = CallDeck(by_country={"GB": gb}, by_prefix={"447": ("GB", gb_mobile)})
+    with pytest.raises(NoRate, match=r"\(country JE\)"):
+        without_je.match("+447700312345")
