@@ -204,26 +204,29 @@ def read_import_file(path: Path, settings: Settings) -> list[NewAccount]:
     except OSError as exc:
         raise CommandError(f"{path}: {exc.strerror}") from None
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark, as spreadsheets write, is dropped
     except UnicodeDecodeError as exc:  # a spreadsheet's export in another encoding
         line = data[:exc.start].count(b"\n") + 1
         raise CommandError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x});"
                            " save the file as UTF-8") from None
     with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader, [])]
-        if header[:3] != ["id", "plan", "balance"] or header[3:] not in (
-                [], ["low_balance_threshold"]):
-            raise CommandError(
-                f"{path}:1: header must be id,plan,balance[,low_balance_threshold]")
-        for row in reader:
-            line = reader.line_num
-            if not row or not "".join(row).strip():
-                continue
-            try:
-                accounts.append(_import_row(settings, row, header, book.currency, seen))
-            except (RequestError, PermanentError) as exc:
-                errors.append(f"{path}:{line}: {exc}")
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            if header[:3] != ["id", "plan", "balance"] or header[3:] not in (
+                    [], ["low_balance_threshold"]):
+                raise CommandError(
+                    f"{path}:1: header must be id,plan,balance[,low_balance_threshold]")
+            for row in reader:
+                line = reader.line_num
+                if not row or not "".join(row).strip():
+                    continue
+                try:
+                    accounts.append(_import_row(settings, row, header, book.currency, seen))
+                except (RequestError, PermanentError) as exc:
+                    errors.append(f"{path}:{line}: {exc}")
+        except csv.Error as exc:  # a field past the csv module's limit, a stray NUL
+            errors.append(f"{path}:{reader.line_num or 1}: malformed CSV: {exc}")
     if errors:
         raise CommandError("\n".join(errors))
     return accounts

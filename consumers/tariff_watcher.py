@@ -181,5 +181,8 @@ class TariffWatcher:
                     self._force = self._force or force
                     continue
                 # The watcher must outlive a surprise (e.g. a permission change); the
-                # engine keeps rating with the book it has.
+                # engine keeps rating with the book it has, and says the files in place
+                # are not the ones in use, as for an invalid file.
+                RELOADS.labels(result="error").inc()
+                LAST_RELOAD_SUCCESS.set(0)
                 log.exception("tariff reload crashed; retrying in %.1f s", self._interval_s)

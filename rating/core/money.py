@@ -20,6 +20,9 @@ BALANCE_BOUND = 10**18
 DEFAULT_MAX_AMOUNT = 1_000_000 * MICRO
 
 # Anchored and ASCII-only: ``str.isdigit`` would accept other scripts' digits.
+# An amount has at most this many digits before the point: every bound here is far
+# smaller (the balance bound has 13), and Python refuses int() of 4 300 digits.
+_MAX_WHOLE_DIGITS = 30
 _AMOUNT_RE = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?", re.ASCII)
 
 
@@ -39,6 +42,9 @@ def parse_amount(text: str) -> int:
         frac = ""
     if len(frac) > DECIMALS:
         raise ValueError(f"more than {DECIMALS} decimals: {text!r}")
+    whole = whole.lstrip("0") or "0"  # int() refuses 4 300 digits, zeros included
+    if len(whole) > _MAX_WHOLE_DIGITS:  # far past any bound
+        raise ValueError(f"amount too large: {len(whole)} digits before the point")
     micros = int(whole) * MICRO + int(frac.ljust(DECIMALS, "0"))
     return -micros if sign else micros
 

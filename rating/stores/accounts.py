@@ -302,8 +302,10 @@ class AccountStore:
             " WHERE event_source = $1 AND event_id = $2", source, key)
         if (prior is None or prior["account_id"] != account.id or prior["kind"] != kind
                 or prior["amount"] != amount):
+            # ``key`` is the credit key (account/key): the caller knows its own part.
             raise IdempotencyConflict(
-                f"idempotency key {key!r} was already used for a different request")
+                f"idempotency key {key.partition('/')[2] or key!r} was already used for a"
+                " different request")
         return CreditResult(account, False, int(prior["entry_id"]))
 
     async def recent_ledger(self, account_id: str, limit: int = 50,

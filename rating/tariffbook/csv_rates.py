@@ -7,8 +7,10 @@ Each reader reports every problem of its file as ``file:line: reason`` on the sh
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import phonenumbers
 
@@ -28,6 +30,28 @@ _CALLING_CODE = {
 
 
 Named = tuple[str, int]  # where the TOML file names a rates file: (file, line)
+Issue = Callable[[str, int, str], None]
+
+
+def decoded_text(raw: bytes, rel: str, issue: Issue) -> str | None:
+    """``raw`` as UTF-8 text (a byte-order mark, as spreadsheets write, is dropped); bad
+    bytes are one issue at their own line."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        issue(rel, line, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as"
+                         " UTF-8")
+        return None
+
+
+def _guarded(reader: Any, rel: str, issue: Issue) -> Iterator[list[str]]:
+    """The rows of a ``csv.reader``; a row it cannot read (a field past its size limit)
+    ends the file with one issue at that row's line."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        issue(rel, reader.line_num or 1, f"malformed CSV: {exc}")
 
 
 @dataclass
@@ -89,23 +113,30 @@ class TariffLoader:
         self, rel: str, columns: tuple[str, ...], optional: tuple[str, ...], named_at: Named
     ) -> tuple[list[str], list[tuple[int, list[str]]]] | None:
         """Header and ``(line, cells)`` rows of a rates file; ``None`` if unusable."""
-        path = (self.root / rel).resolve()
+        try:
+            path = (self.root / rel).resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            self.issue(*named_at, f"cannot read rates file {rel}: {exc}")
+            return None
         if not path.is_relative_to(self.root.resolve()):
             self.issue(*named_at, f"rates path escapes the tariffs directory: {rel}")
             return None
         try:
-            text = path.read_text(encoding="utf-8-sig")
+            raw = path.read_bytes()
         except FileNotFoundError:
             self.issue(*named_at, f"rates file not found: {rel}")
             return None
-        except (OSError, UnicodeDecodeError) as exc:
-            self.issue(*named_at, f"cannot read rates file {rel}: {exc}")
+        except OSError as exc:
+            self.issue(*named_at, f"cannot read rates file {rel}: {exc.strerror or exc}")
+            return None
+        text = decoded_text(raw, rel, self.issue)
+        if text is None:
             return None
         expected = ",".join(columns) + "".join(f"[,{name}]" for name in optional)
         reader = csv.reader(text.splitlines())
         header: list[str] | None = None
         rows: list[tuple[int, list[str]]] = []
-        for cells in reader:
+        for cells in _guarded(reader, rel, self.issue):
             if not cells or cells[0].lstrip().startswith("#") or not "".join(cells).strip():
                 continue
             cells = [cell.strip() for cell in cells]

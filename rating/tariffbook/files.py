@@ -18,7 +18,14 @@ from typing import Any, TypeVar
 from rating.core.errors import TariffError, TariffIssue
 from rating.core.pricing import Increment, TimedRate
 from rating.core.tariff import SERVICES, CallDeck, PlanVersion, SmsDeck, TariffBook, TollFreeDeck
-from rating.tariffbook.csv_rates import Named, TariffLoader, call_deck, sms_deck, tollfree_deck
+from rating.tariffbook.csv_rates import (
+    Named,
+    TariffLoader,
+    call_deck,
+    decoded_text,
+    sms_deck,
+    tollfree_deck,
+)
 
 # Active ISO 4217 codes, kept in the module because the set changes a few times a
 # decade and a dependency (babel, pycountry) for one lookup is not worth its size.
@@ -153,18 +160,31 @@ class _PlanFile:
         return inc
 
 
-def _read_plan(loader: TariffLoader, path: Path) -> _Found | None:
-    rel = path.relative_to(loader.root).as_posix()
+def _plan_toml(loader: TariffLoader, path: Path, rel: str
+               ) -> tuple[str, dict[str, Any]] | None:
+    """A plan file's text and TOML, or None with its issue at its line."""
     try:
-        text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        loader.issue(rel, 1, f"cannot read plan file: {exc}")
+        raw = path.read_bytes()
+    except OSError as exc:
+        loader.issue(rel, 1, f"cannot read plan file: {exc.strerror or exc}")
         return None
+    text = decoded_text(raw, rel, loader.issue)
+    if text is None:
+        return None
+    try:
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = _TOML_LINE_RE.search(str(exc))
         loader.issue(rel, int(match.group(1)) if match else 1, f"invalid TOML: {exc}")
         return None
+
+
+def _read_plan(loader: TariffLoader, path: Path) -> _Found | None:
+    rel = path.relative_to(loader.root).as_posix()
+    read = _plan_toml(loader, path, rel)
+    if read is None:
+        return None
+    text, data = read
     plan_file = _PlanFile(loader, rel, text)
     for key in data:
         if key not in ("plan", "services"):

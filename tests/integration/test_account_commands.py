@@ -23,8 +23,8 @@ async def test_import_creates_new_accounts_and_leaves_existing_ones_untouched(
     assert await cmd_import(settings, out, first) == 0
     assert out.getvalue() == "created: 2, existing (untouched): 0\n"
     await pool.execute("UPDATE accounts SET low_balance_threshold = 3 WHERE id = 'imp-1'")
-    second = tmp_path / "second.csv"
-    second.write_text("id,plan,balance\nimp-1,standard,999\nimp-3,standard,0\n")
+    second = tmp_path / "second.csv"  # as a spreadsheet saves it: a byte-order mark
+    second.write_bytes(b"\xef\xbb\xbfid,plan,balance\nimp-1,standard,999\nimp-3,standard,0\n")
     out = io.StringIO()
     assert await cmd_import(settings, out, second) == 0
     assert out.getvalue() == "created: 1, existing (untouched): 1\n"

@@ -284,6 +284,10 @@ async def test_adjustments_are_signed_reasoned_and_idempotent(api: Api) -> None:
                               ({"amount": "1", "idempotency_key": "a4"}, 400),
                               ({**body, "amount": "-0.30"}, 409)]:
         assert (await api.call("POST", path, payload, headers=AUTH))[0] == expected, payload
+    status, conflict = await api.call("POST", path, {**body, "amount": "-0.30"}, headers=AUTH)
+    # The key as the operator gave it, not the ledger's account/key form.
+    assert conflict["error"]["message"] == (
+        "idempotency key 'adj-1' was already used for a different request")
 
 
 async def test_ledger_pages_newest_first_with_decimal_strings(api: Api) -> None:

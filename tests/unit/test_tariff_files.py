@@ -397,3 +397,30 @@ def test_large_deck_loads(root: Path) -> None:
     book = load_tariffs(root)
     version = book.versions("p")[0]
     assert version.call is not None and len(version.call.by_prefix) == 100_002
+
+
+def test_files_as_spreadsheets_and_editors_leave_them(root: Path) -> None:
+    """A byte-order mark is dropped; bytes that are not UTF-8, an over-long field, a
+    symlink loop and an absurd amount are each one issue at their own file and line."""
+    (root / "plans" / "p.toml").write_bytes(b"\xef\xbb\xbf" + PLAN.encode())
+    assert issues(root) == []
+    (root / "rates" / "p" / "sms.csv").write_bytes(SMS.encode() + b"# caf\xe9\nDE,0.07\n")
+    assert issues(root) == ["rates/p/sms.csv:4: not UTF-8 text (byte 0xe9); save the file"
+                            " as UTF-8"]
+    write(root, "rates/p/sms.csv", SMS)
+    (root / "plans" / "p.toml").write_bytes(PLAN.encode().replace(b'"EUR"', b'"EUR" # \xe9'))
+    assert issues(root) == ["plans/p.toml:3: not UTF-8 text (byte 0xe9); save the file"
+                            " as UTF-8"]
+    write(root, "plans/p.toml", PLAN)
+    write(root, "rates/p/call.csv", CALL + "FR,3361," + "1" * 200_000 + ",,\n")
+    [found] = issues(root)
+    assert found.startswith("rates/p/call.csv:6: malformed CSV: field larger than field limit")
+    write(root, "rates/p/call.csv", CALL)
+    write(root, "rates/p/sms.csv", SMS + "DE," + "9" * 100_000 + "\n")
+    assert issues(root) == ["rates/p/sms.csv:4: bad decimal for rate: amount too large:"
+                            " 100000 digits before the point"]
+    write(root, "rates/p/sms.csv", SMS)
+    (root / "rates" / "p" / "loop.csv").symlink_to("loop.csv")
+    write(root, "plans/p.toml", PLAN.replace("rates/p/sms.csv", "rates/p/loop.csv"))
+    [found] = issues(root)
+    assert found.startswith("plans/p.toml:") and "cannot read rates file rates/p/loop.csv" in found

@@ -76,6 +76,21 @@ async def test_polling_reloads_and_bad_edit_is_reported(
         assert "sms.csv:2: bad decimal for rate: not a decimal amount: 'oops'" in caplog.text
 
 
+async def test_a_reload_that_crashes_is_reported_like_an_invalid_file(
+        store: TariffStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    error_before = metric("rating_tariff_reload_total", result="error")
+
+    def crash(*_args: object) -> None:
+        raise ValueError("a surprise in the loader")
+
+    async with TariffWatcher(store, interval_s=0.02):
+        assert metric("rating_tariff_last_reload_success") == 1
+        monkeypatch.setattr(TariffStore, "reload", crash)
+        write(store.root / "sms.csv", "country,rate\nFR,0.06\n")
+        await until(lambda: metric("rating_tariff_last_reload_success") == 0)
+    assert metric("rating_tariff_reload_total", result="error") > error_before
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 async def test_sighup_forces_a_reload(store: TariffStore) -> None:
     watcher = TariffWatcher(store, interval_s=60)
