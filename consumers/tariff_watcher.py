@@ -18,7 +18,7 @@ from types import TracebackType
 from prometheus_client import Counter, Gauge
 
 from consumers.retry import transient_dependency
-from rating.core.errors import TariffIssue
+from rating.core.errors import TariffIssue, describe
 from rating.core.tariff import TariffBook
 from rating.tariffbook.book import ReloadGuard, ReloadResult, TariffStore
 from rating.tariffbook.references import PlansInUse, dropped_references
@@ -145,7 +145,8 @@ class TariffWatcher:
         except Exception as exc:
             if not self._report_failed:
                 log.warning("cannot record which tariff files are in force (%s); dlq replay"
-                            " will not wait for them; trying again at every poll", exc)
+                            " will not wait for them; trying again at every poll",
+                            describe(exc))
             self._report_failed = True
             return
         self._report_failed = False

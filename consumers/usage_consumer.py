@@ -183,7 +183,8 @@ class UsageConsumer:
         try:
             while not self.stopping.is_set():
                 polled = await self._poll()
-                polled_at = time.monotonic()
+                if polled.records:  # unbilled from now on, however long preparing it takes
+                    self._unbilled.append(time.monotonic())
                 await self._update_lag()
                 staged = await self._prepare(polled.records) if polled.records else None
                 if writing is not None:
@@ -194,7 +195,6 @@ class UsageConsumer:
                 if staged is None:
                     continue
                 prepared, debit, rejected = staged
-                self._unbilled.append(polled_at)
                 writing = asyncio.create_task(self._write(debit))
                 acknowledging = asyncio.create_task(
                     self._acknowledge(polled, prepared, rejected, writing, acknowledging))

@@ -101,6 +101,19 @@ def check_startable(settings: Settings) -> None:
     if not settings.tariffs_dir.is_dir():
         raise SettingsError(f"RATING_TARIFFS_DIR: {settings.tariffs_dir} is not a directory"
                             " (the billing team's tariff files)")
+    # A refused event published to the topic it came from is read and refused again,
+    # forever; balance events read as usage are all refused.
+    for variable, topic in (("RATING_DLQ_TOPIC", settings.dlq_topic),
+                            ("RATING_BALANCE_TOPIC", settings.balance_topic)):
+        if topic == settings.usage_topic:
+            raise SettingsError(f"{variable}: {topic!r} is RATING_USAGE_TOPIC too; each"
+                                " needs its own topic")
+    if settings.balance_topic == settings.dlq_topic:
+        raise SettingsError(f"RATING_BALANCE_TOPIC: {settings.balance_topic!r} is"
+                            " RATING_DLQ_TOPIC too; each needs its own topic")
+    if settings.recharge_group == settings.consumer_group:
+        raise SettingsError(f"RATING_RECHARGE_GROUP: {settings.recharge_group!r} is"
+                            " RATING_CONSUMER_GROUP too; each needs its own group")
 
 
 def load_tariff_store(settings: Settings) -> TariffStore:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import asyncpg
+import pytest
 from prometheus_client import REGISTRY
 
 from rating.core.money import parse_amount
@@ -26,17 +27,22 @@ def unbilled_age() -> float:
     return value
 
 
+@pytest.mark.parametrize("hold", [
+    # The account's row locked by another transaction: the debit waits on it, as on a
+    # server that hangs.
+    "SELECT 1 FROM accounts WHERE id = 'acct-1' FOR UPDATE",
+    # The whole table locked: the account lookup, before rating, waits already.
+    "LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE",
+])
 async def test_a_batch_held_by_the_database_shows_its_age_until_it_is_billed(
-        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
+        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str, hold: str) -> None:
     env = replace(settings, batch_max_events=100)
     await create_topics(env, kafka_bootstrap, usage_partitions=1)
     await AccountStore(pool).create(NewAccount("acct-1", "standard", "EUR", parse_amount("5")))
     async with running_consumer(env, pool):
         assert unbilled_age() == 0.0
-        # The account's row locked by another transaction: the debit waits on it, as on
-        # a server that hangs.
         async with pool.acquire() as holder, holder.transaction():
-            await holder.execute("SELECT 1 FROM accounts WHERE id = 'acct-1' FOR UPDATE")
+            await holder.execute(hold)
             publish_with_librdkafka(kafka_bootstrap, env.usage_topic, [
                 ("acct-1", usage_event("usage.call", "e1", "acct-1", {
                     "call_id": "c1", "destination": "+442071234567", "from_s": 0,

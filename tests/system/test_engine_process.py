@@ -297,6 +297,9 @@ async def test_accounts_create_and_show_with_embedded_postgres_survive_a_restart
     ({"RATING_DATA_DIR": "/proc/no-such-place"}, "RATING_DATA_DIR"),
     ({"RATING_DATA_DIR": __file__}, "RATING_DATA_DIR"),  # a file, not a directory
     ({"RATING_METRICS_PORT": "18999", "RATING_HTTP_PORT": "18999"}, "RATING_METRICS_PORT"),
+    # A DLQ that is the usage topic would refuse the same events forever.
+    ({"RATING_USAGE_TOPIC": "u", "RATING_DLQ_TOPIC": "u"}, "RATING_DLQ_TOPIC"),
+    ({"RATING_CONSUMER_GROUP": "g", "RATING_RECHARGE_GROUP": "g"}, "RATING_RECHARGE_GROUP"),
     ({"RATING_TARIFFS_DIR": "/no/such/tariffs"}, "RATING_TARIFFS_DIR"),
 ])
 async def test_bad_configuration_fails_with_one_clear_line(
