@@ -116,8 +116,10 @@ class OutboxRelay:
             state = await conn.fetchrow(_STATE)
             assert state is not None  # an aggregate always returns its row
             metrics.OUTBOX_ROWS_SET_ASIDE.set(state["set_aside"])
+            # Set before sending too: while the broker is out, sends fail and the
+            # backlog it shows is what is waiting (RatingOutboxBacklogGrowing).
+            metrics.OUTBOX_BACKLOG.set(state["backlog"])
             if not state["due"]:
-                metrics.OUTBOX_BACKLOG.set(state["backlog"])
                 return 0
             async with conn.transaction():
                 if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)",

@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from prometheus_client import REGISTRY
 
 from consumers.outbox_relay import OutboxRelay
@@ -84,6 +85,26 @@ async def test_with_two_relays_an_accounts_balance_events_arrive_in_version_orde
         assert versions == sorted(versions), (account, versions)
         assert sorted(set(versions)) == list(range(1, 31)), account
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+
+
+class DownBroker:
+    """A broker that does not answer: every send fails as an outage."""
+
+    async def send(self, topic: str, **kwargs: Any) -> Any:
+        raise KafkaConnectionError("broker unreachable")
+
+
+async def test_while_the_broker_is_out_the_backlog_gauge_shows_what_waits(
+        settings: Settings, pool: asyncpg.Pool) -> None:
+    store = AccountStore(pool)
+    await store.create(NewAccount("acct-a", "standard", "EUR"))
+    for key in ("k1", "k2", "k3"):
+        await store.credit("acct-a", kind="topup", source="topup", key=key, amount=1_000_000)
+    relay = OutboxRelay(pool, DownBroker(), settings.balance_topic)  # type: ignore[arg-type]
+    with pytest.raises(KafkaConnectionError):
+        await relay.relay_once()
+    assert metric("rating_outbox_backlog_events") == 3  # RatingOutboxBacklogGrowing can fire
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 3
 
 
 async def test_a_row_that_cannot_be_published_is_set_aside_and_the_rest_go(
