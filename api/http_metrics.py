@@ -81,5 +81,6 @@ async def request_metrics(request: web.Request, handler: Handler) -> web.StreamR
         method = request.method if request.method in _METHODS else "OTHER"
         REQUESTS.labels(route, method, str(status)).inc()
         REQUEST_SECONDS.labels(route, method).observe(elapsed)
-        log.info("request_id=%s method=%s path=%s route=%s status=%d duration_ms=%.1f",
-                 rid, method, request.path, route, status, elapsed * 1000)
+        log.log(logging.WARNING if status >= 500 else logging.INFO,
+                "request_id=%s method=%s path=%s route=%s status=%d duration_ms=%.1f",
+                rid, method, request.path, route, status, elapsed * 1000)

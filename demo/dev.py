@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import secrets
 import sys
 from dataclasses import replace
@@ -117,6 +118,10 @@ def dev_command(settings: Settings, options: argparse.Namespace) -> int:
         settings = replace(settings, switch_token=secrets.token_urlsafe(18))
     settings = replace(settings,
                        payment_simulation=settings.payment_simulation or DEV_PAYMENTS)
+    # The simulated switch's own requests (tens a second) would bury the status line:
+    # in dev, only requests the engine failed (5xx) are logged (-v logs them all again).
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("api.requests").setLevel(logging.WARNING)
 
     async def on_started(engine: Engine,
                          stack: contextlib.AsyncExitStack) -> list[asyncio.Task[None]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -28,18 +29,24 @@ async def holding(pool: asyncpg.Pool, lock: str) -> AsyncIterator[None]:
 
 
 async def test_a_held_read_answers_503_at_its_deadline_and_the_next_one_is_answered(
-        api: Api, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        api: Api, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(READ_DEADLINES, "account.read", 0.5)
     # Every read of accounts waits behind this lock, as behind a server that hangs.
-    async with holding(pool, "LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE"):
-        started = time.monotonic()
-        status, body = await api.call("GET", "/v1/accounts/acct-1")
-        waited = time.monotonic() - started
-    assert (status, body["error"]["code"]) == (503, "store_unavailable")
-    assert 0.5 <= waited < 5.0
-    await asyncio.sleep(0.1)  # the abandoned read's cancellation reaches the server
-    status, account = await api.call("GET", "/v1/accounts/acct-1")
-    assert status == 200 and account["balance"] == "1.000000"
+    with caplog.at_level(logging.INFO, logger="api.requests"):
+        async with holding(pool, "LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE"):
+            started = time.monotonic()
+            status, body = await api.call("GET", "/v1/accounts/acct-1")
+            waited = time.monotonic() - started
+        assert (status, body["error"]["code"]) == (503, "store_unavailable")
+        assert 0.5 <= waited < 5.0
+        await asyncio.sleep(0.1)  # the abandoned read's cancellation reaches the server
+        status, account = await api.call("GET", "/v1/accounts/acct-1")
+        assert status == 200 and account["balance"] == "1.000000"
+    # The request log says which went wrong at a level of its own.
+    levels = [(r.levelno, "status=503" in r.getMessage()) for r in caplog.records
+              if r.name == "api.requests"]
+    assert levels == [(logging.WARNING, True), (logging.INFO, False)]
 
 
 async def test_writes_are_never_cut_short(
