@@ -101,6 +101,7 @@ class RechargeWorker:
         self.topups = TopupService(pool, provider, policy)
         self._tick_s = tick_s
         self._next_sweep = 0.0  # event-loop time
+        self._outage: str | None = None  # the dependency a tick last found out, if any
         self._consumer = AIOKafkaConsumer(
             settings.balance_topic, bootstrap_servers=bootstrap,
             group_id=settings.recharge_group, enable_auto_commit=False,
@@ -176,9 +177,19 @@ class RechargeWorker:
                 dependency = transient_dependency(exc)
                 if dependency is None:
                     log.exception("%s failed", what)
-                else:
-                    metrics.TRANSIENT_ERRORS.labels(dependency).inc()
-                    log.warning("%s failed (%s); trying again next tick", what, describe(exc))
+                    continue
+                metrics.TRANSIENT_ERRORS.labels(dependency).inc()
+                # One line when an outage starts and one when it ends, not one per step
+                # and tick; the steps after this one need the same dependency.
+                if self._outage is None:
+                    log.warning("%s failed (%s); the recharge worker tries again every"
+                                " tick, and says when %s answers again", what,
+                                describe(exc), dependency)
+                self._outage = dependency
+                return
+        if self._outage is not None:
+            log.warning("recharge worker: %s answers again", self._outage)
+            self._outage = None
 
     async def _run_due(self) -> None:
         for outcome in await self.recharges.run_due():

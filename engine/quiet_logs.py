@@ -8,6 +8,8 @@ import logging
 import re
 import time
 
+from rating.core.errors import describe
+
 _NUMBERS = re.compile(r"\d+")
 
 
@@ -32,6 +34,13 @@ class RepeatedLines(logging.Filter):
         if len(self._last) > 1000:  # a bound, should messages vary without end
             self._last.clear()
         self._last[key] = now
+        if record.levelno <= logging.WARNING and record.exc_info and record.exc_info[1]:
+            # A client's warning about an outage (asyncpg's "Failed to restore the pool
+            # connection floor") comes with a whole traceback: its cause, in one line.
+            record.msg = f"{record.getMessage()} ({describe(record.exc_info[1])})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
         return True
 
 

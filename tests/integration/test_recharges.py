@@ -4,6 +4,7 @@ once, declines backed off, one recharge in flight per account."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import asyncpg
 import orjson
@@ -411,3 +412,25 @@ async def test_recharges_in_flight_are_reported_until_they_settle(
         assert await balance(pool) == EUR("24.00")
         assert sample("rating_recharges_in_flight", "pending") == 0
         assert sample("rating_recharge_oldest_in_flight_seconds") == 0
+
+
+async def test_a_database_outage_is_logged_once_by_the_worker_not_per_step_and_tick(
+        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    await make_account(pool)
+    async with RechargeWorker(settings, kafka_bootstrap, pool, SimulatedProvider(),
+                              policy=FAST) as worker:
+        async def refused() -> list[str]:
+            raise ConnectionRefusedError("connection refused")
+
+        with caplog.at_level(logging.INFO, logger="consumers.recharge_worker"):
+            monkeypatch.setattr(worker.recharges, "run_due", refused)
+            monkeypatch.setattr(worker.recharges, "settle_pending", refused)
+            for _ in range(5):
+                await worker.tick()
+            monkeypatch.undo()
+            await worker.tick()
+    lines = [r.getMessage() for r in caplog.records if r.name == "consumers.recharge_worker"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("recharge retries failed (ConnectionRefusedError")
+    assert lines[1] == "recharge worker: postgresql answers again"
