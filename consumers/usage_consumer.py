@@ -122,6 +122,11 @@ class UsageConsumer:
         await self._consumer.start()
         self._started = True
 
+    async def broker_answers(self) -> None:
+        """Ask the brokers for the cluster's metadata; raises when none answers (for
+        /readyz: the consumer alone does not notice a broker that hangs)."""
+        await self._consumer.topics()
+
     def request_stop(self) -> None:
         """Stop fetching; the batch in flight is finished and committed."""
         self.stopping.set()

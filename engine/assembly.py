@@ -61,7 +61,7 @@ from engine.supervision import (
 from rating.payments.provider import PaymentProvider
 from rating.settings import Settings, SettingsError
 from rating.stores.accounts import AccountStore
-from rating.stores.db import DatabaseProbe, connection, create_pool
+from rating.stores.db import BoundedProbe, DatabaseProbe, connection, create_pool
 from rating.stores.plans_in_use import plans_in_use
 from rating.stores.recharges import RechargePolicy
 from rating.stores.reservations import ReservationStore
@@ -85,12 +85,14 @@ class Engine:
     relay: OutboxRelay
     metrics_port: int
     database_probe: DatabaseProbe  # the API pool's, for /readyz
+    broker_probe: BoundedProbe  # a metadata request of the usage consumer, for /readyz
     http_port: int = 0  # where the account API (and the billing page) listens, once started
 
     async def readiness(self) -> dict[str, bool]:
         # A failed probe means not ready; the reason is in the logs.
-        return {"database": await self.database_probe(), "tariffs": self.tariffs.book is not None,
-                "kafka": not self.consumer.stopping.is_set()}
+        database, kafka = await asyncio.gather(self.database_probe(), self.broker_probe())
+        return {"database": database, "tariffs": self.tariffs.book is not None,
+                "kafka": kafka and not self.consumer.stopping.is_set()}
 
 
 def check_startable(settings: Settings) -> None:
@@ -287,8 +289,10 @@ async def _start_and_run(settings: Settings, ends: Endpoints, pools: Pools,
     tasks.append(asyncio.create_task(watch_loop_lag(stop), name="loop-lag"))
     probe = DatabaseProbe(pools.api)
     stack.push_async_callback(probe.close)
+    broker_probe = BoundedProbe(consumer.broker_answers)
+    stack.push_async_callback(broker_probe.close)
     engine = Engine(settings, ends, pools.api, pool, producer, tariffs, consumer, relay,
-                    metrics_port, probe)
+                    metrics_port, probe, broker_probe)
     extras = await until_stopped(_start_extras(engine, stack, stop, provider), stop)
     engine.http_port = extras.http_port
     tasks += extras.tasks

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeAlias
 
 import asyncpg
@@ -122,24 +122,24 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
 
 
 
-class DatabaseProbe:
-    """``SELECT 1`` answered within ``timeout_s``, for /readyz.
+class BoundedProbe:
+    """A check answered within ``timeout_s``, for /readyz.
 
     It never waits past its deadline: a server that hangs (neither answering nor
-    refusing) would otherwise hold the probe, and /readyz, until the query's own
-    timeout, since cancelling a query waits for the server too. The query is left to
-    finish alone, and only one is in flight at a time: while it hangs, every probe
-    answers "down" after ``timeout_s``.
+    refusing) would otherwise hold the probe, and /readyz, until the request's own
+    timeout, since cancelling it waits for the server too. The check is left to finish
+    alone, and only one is in flight at a time: while it hangs, every probe answers
+    "down" after ``timeout_s``.
     """
 
-    def __init__(self, pool: asyncpg.Pool, timeout_s: float = 2.0) -> None:
-        self._pool = pool
+    def __init__(self, check: Callable[[], Awaitable[object]], timeout_s: float = 2.0) -> None:
+        self._check = check
         self._timeout_s = timeout_s
         self._query: asyncio.Task[object] | None = None
 
     async def __call__(self) -> bool:
         if self._query is None or self._query.done():
-            self._query = asyncio.create_task(self._pool.fetchval("SELECT 1"))
+            self._query = asyncio.ensure_future(self._check())
             finish_alone(self._query)
         done, _ = await asyncio.wait({self._query}, timeout=self._timeout_s)
         return bool(done) and not self._query.cancelled() and self._query.exception() is None
@@ -149,6 +149,13 @@ class DatabaseProbe:
             self._query.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._query, 1.0)
+
+
+class DatabaseProbe(BoundedProbe):
+    """``SELECT 1`` answered within ``timeout_s``."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout_s: float = 2.0) -> None:
+        super().__init__(lambda: pool.fetchval("SELECT 1"), timeout_s)
 
 
 def finish_alone(task: asyncio.Future[Any]) -> None:

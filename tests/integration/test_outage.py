@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from rating.core.money import parse_amount
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore, NewAccount
+from rating.stores.db import BoundedProbe
 from tests.support import (
     TcpProxy,
     create_topics,
@@ -84,3 +85,12 @@ async def _at_least(count: object, n: int) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_the_brokers_answer_is_what_readyz_asks(
+        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
+    await create_topics(settings, kafka_bootstrap)
+    async with running_consumer(settings, pool) as consumer:
+        probe = BoundedProbe(consumer.broker_answers, timeout_s=5)
+        assert await probe() is True  # a metadata request answered
+        await probe.close()

@@ -63,3 +63,4 @@ async def test_a_batch_held_by_the_database_shows_its_age_until_it_is_billed(
             return unbilled_age() == 0.0
 
         await wait_until(acknowledged, what="the gauge back to 0")
+
