@@ -61,9 +61,13 @@ async def test_database_outage_is_retried_and_nothing_is_skipped(
         value: int = await pool.fetchval("SELECT count(*) FROM ledger")
         return value
 
-    async with running_consumer(settings, engine_pool):
+    async with running_consumer(settings, engine_pool) as consumer:
         publish_with_librdkafka(kafka_bootstrap, settings.usage_topic, calls("a", 100))
         await wait_until(lambda: _at_least(applied, 100), what="first 100 applied")
+        # What /readyz asks of the broker: a metadata request, answered.
+        broker = BoundedProbe(consumer.broker_answers, timeout_s=5)
+        assert await broker() is True
+        await broker.close()
         retries_before = _postgres_retries()
         await proxy.cut()  # the database disappears
         publish_with_librdkafka(kafka_bootstrap, settings.usage_topic, calls("b", 300))
@@ -86,11 +90,3 @@ async def _at_least(count: object, n: int) -> bool:
 async def _true(value: bool) -> bool:
     return value
 
-
-async def test_the_brokers_answer_is_what_readyz_asks(
-        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
-    await create_topics(settings, kafka_bootstrap)
-    async with running_consumer(settings, pool) as consumer:
-        probe = BoundedProbe(consumer.broker_answers, timeout_s=5)
-        assert await probe() is True  # a metadata request answered
-        await probe.close()
