@@ -412,25 +412,35 @@ async def test_recharges_in_flight_are_reported_until_they_settle(
         assert await balance(pool) == EUR("24.00")
         assert sample("rating_recharges_in_flight", "pending") == 0
         assert sample("rating_recharge_oldest_in_flight_seconds") == 0
+        await _an_outage_is_logged_once_not_per_step_and_tick(worker)
 
 
-async def test_a_database_outage_is_logged_once_by_the_worker_not_per_step_and_tick(
-        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str,
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    await make_account(pool)
-    async with RechargeWorker(settings, kafka_bootstrap, pool, SimulatedProvider(),
-                              policy=FAST) as worker:
-        async def refused() -> list[str]:
-            raise ConnectionRefusedError("connection refused")
+async def _an_outage_is_logged_once_not_per_step_and_tick(worker: RechargeWorker) -> None:
+    async def refused() -> list[str]:
+        raise ConnectionRefusedError("connection refused")
 
-        with caplog.at_level(logging.INFO, logger="consumers.recharge_worker"):
-            monkeypatch.setattr(worker.recharges, "run_due", refused)
-            monkeypatch.setattr(worker.recharges, "settle_pending", refused)
+    handler = _Lines()
+    logger = logging.getLogger("consumers.recharge_worker")
+    logger.addHandler(handler)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(worker.recharges, "run_due", refused)
+            patch.setattr(worker.recharges, "settle_pending", refused)
             for _ in range(5):
                 await worker.tick()
-            monkeypatch.undo()
-            await worker.tick()
-    lines = [r.getMessage() for r in caplog.records if r.name == "consumers.recharge_worker"]
-    assert len(lines) == 2, lines
-    assert lines[0].startswith("recharge retries failed (ConnectionRefusedError")
-    assert lines[1] == "recharge worker: postgresql answers again"
+        await worker.tick()
+    finally:
+        logger.removeHandler(handler)
+    assert len(handler.lines) == 2, handler.lines
+    assert handler.lines[0].startswith("recharge retries failed (ConnectionRefusedError")
+    assert handler.lines[1] == "recharge worker: postgresql answers again"
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import asyncpg
-import pytest
 from prometheus_client import REGISTRY
 
 from rating.core.money import parse_amount
@@ -27,40 +26,43 @@ def unbilled_age() -> float:
     return value
 
 
-@pytest.mark.parametrize("hold", [
+# What holds the batch, one after the other on one consumer:
+HOLDS = [
     # The account's row locked by another transaction: the debit waits on it, as on a
     # server that hangs.
     "SELECT 1 FROM accounts WHERE id = 'acct-1' FOR UPDATE",
     # The whole table locked: the account lookup, before rating, waits already.
     "LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE",
-])
+]
+
+
 async def test_a_batch_held_by_the_database_shows_its_age_until_it_is_billed(
-        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str, hold: str) -> None:
+        settings: Settings, pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
     env = replace(settings, batch_max_events=100)
     await create_topics(env, kafka_bootstrap, usage_partitions=1)
     await AccountStore(pool).create(NewAccount("acct-1", "standard", "EUR", parse_amount("5")))
     async with running_consumer(env, pool):
-        assert unbilled_age() == 0.0
-        async with pool.acquire() as holder, holder.transaction():
-            await holder.execute(hold)
-            publish_with_librdkafka(kafka_bootstrap, env.usage_topic, [
-                ("acct-1", usage_event("usage.call", "e1", "acct-1", {
-                    "call_id": "c1", "destination": "+442071234567", "from_s": 0,
-                    "to_s": 60}))])
+        for n, hold in enumerate(HOLDS, start=1):
+            assert unbilled_age() == 0.0
+            async with pool.acquire() as holder, holder.transaction():
+                await holder.execute(hold)
+                publish_with_librdkafka(kafka_bootstrap, env.usage_topic, [
+                    ("acct-1", usage_event("usage.call", f"e{n}", "acct-1", {
+                        "call_id": f"c{n}", "destination": "+442071234567", "from_s": 0,
+                        "to_s": 60}))])
 
-            async def waiting_a_while() -> bool:
-                return unbilled_age() >= 2.0
+                async def waiting_a_while() -> bool:
+                    return unbilled_age() >= 2.0
 
-            await wait_until(waiting_a_while, timeout_s=30, what="the batch's age to grow")
-            assert await pool.fetchval("SELECT count(*) FROM ledger") == 0
+                await wait_until(waiting_a_while, timeout_s=30, what=f"its age to grow ({hold})")
+                assert await pool.fetchval("SELECT count(*) FROM ledger") == n - 1
 
-        async def billed() -> bool:
-            return await pool.fetchval("SELECT count(*) FROM ledger") == 1
+            async def billed(n: int = n) -> bool:
+                return await pool.fetchval("SELECT count(*) FROM ledger") == n
 
-        await wait_until(billed, what="the batch billed once the lock is gone")
+            await wait_until(billed, what="the batch billed once the lock is gone")
 
-        async def acknowledged() -> bool:
-            return unbilled_age() == 0.0
+            async def acknowledged() -> bool:
+                return unbilled_age() == 0.0
 
-        await wait_until(acknowledged, what="the gauge back to 0")
-
+            await wait_until(acknowledged, what="the gauge back to 0")
