@@ -65,10 +65,10 @@ def field_error(value: object, currency: str, max_amount: int = DEFAULT_MAX_AMOU
     if match is None:
         return None, "Enter a number, like 20 or 20.50."
     places = minor_units(currency)
-    if len(match.group(2) or "") > DECIMALS or parse_amount(text) % 10 ** (DECIMALS - places):
+    amount = parse_amount(text) if len(match.group(2) or "") <= DECIMALS else None
+    if amount is None or amount % 10 ** (DECIMALS - places):
         return None, (f"Enter whole {currency} amounts, like 20." if places == 0 else
                       f"Use at most {places} decimals, like 20.50.")
-    amount = parse_amount(text)
     if amount < 0 or (amount == 0 and not zero_ok):
         return None, ("Enter 0 or more." if zero_ok else "Enter an amount greater than zero.")
     if amount > max_amount:

@@ -34,6 +34,7 @@ from rating.stores.db import create_pool
 from rating.stores.migrations import migrate
 from rating.stores.recharge_settings import account_view
 from rating.stores.topups import TopupService
+from rating.tariffbook.csv_rates import decoded_text
 from rating.tariffbook.files import load_tariffs
 
 
@@ -203,12 +204,12 @@ def read_import_file(path: Path, settings: Settings) -> list[NewAccount]:
         data = path.read_bytes()
     except OSError as exc:
         raise CommandError(f"{path}: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8-sig")  # a byte-order mark, as spreadsheets write, is dropped
-    except UnicodeDecodeError as exc:  # a spreadsheet's export in another encoding
-        line = data[:exc.start].count(b"\n") + 1
-        raise CommandError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x});"
-                           " save the file as UTF-8") from None
+    # A spreadsheet's export: its byte-order mark dropped, another encoding refused at
+    # its line, as in tariff files.
+    text = decoded_text(data, str(path), lambda file, line, why: errors.append(
+        f"{file}:{line}: {why}"))
+    if text is None:
+        raise CommandError(errors[0])
     with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle)
         try:

@@ -74,9 +74,7 @@ async def _whole(pool: asyncpg.Pool, record: DlqRecord) -> DlqRecord:
         kept = await kept_whole(conn, *where)
     if kept is None:
         return record
-    key, value = kept
-    return DlqRecord.of(record.partition, record.offset, record.timestamp_ms, key, value,
-                        [(name, text.encode()) for name, text in headers.items()])
+    return record.with_bytes(*kept)
 
 
 async def _scan(consumer: AIOKafkaConsumer, topic: str, since: datetime | None,

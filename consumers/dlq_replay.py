@@ -190,8 +190,9 @@ async def _republish(producer: AIOKafkaProducer, topic: str,
                                                          key=record.key)))
             except _TOO_LARGE:
                 too_large.append(record)
-        for record, outcome in zip([r for r, _ in sent], await asyncio.gather(
-                *(future for _, future in sent), return_exceptions=True), strict=True):
+        outcomes = await asyncio.gather(*(future for _, future in sent),
+                                        return_exceptions=True)
+        for (record, _), outcome in zip(sent, outcomes, strict=True):
             if isinstance(outcome, _TOO_LARGE):
                 too_large.append(record)
             elif isinstance(outcome, BaseException):

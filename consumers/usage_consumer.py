@@ -160,9 +160,11 @@ class UsageConsumer:
 
     def unbilled_age(self) -> float:
         """Seconds since the oldest batch read and not yet acknowledged was read."""
-        first = self._unbilled[0] if self._unbilled else None
-        oldest = [t for t in (self._unbilled_since, first) if t is not None]
-        return time.monotonic() - min(oldest) if oldest else 0.0
+        # A time kept from a rewind is older than any batch read since.
+        oldest = self._unbilled_since
+        if oldest is None and self._unbilled:
+            oldest = self._unbilled[0]
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     def _rewind(self) -> None:
         """Read again from the first offset not committed, on the partitions still ours."""

@@ -8,7 +8,7 @@ that are not a JSON object simply have no id, source or subject.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import orjson
@@ -20,6 +20,15 @@ def _text(obj: object, key: str) -> str | None:
         if isinstance(value, str):
             return value
     return None
+
+
+def _names(value: bytes | None) -> tuple[str | None, str | None, str | None]:
+    """The id, source and subject of the event ``value`` holds, where it has them."""
+    try:
+        obj = orjson.loads(value) if value else None
+    except orjson.JSONDecodeError:
+        obj = None
+    return _text(obj, "id"), _text(obj, "source"), _text(obj, "subject")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +48,14 @@ class DlqRecord:
     @classmethod
     def of(cls, partition: int, offset: int, timestamp_ms: int | None, key: bytes | None,
            value: bytes | None, headers: Iterable[tuple[str, bytes | None]]) -> DlqRecord:
-        try:
-            obj = orjson.loads(value) if value else None
-        except orjson.JSONDecodeError:
-            obj = None
         decoded = {name: (raw or b"").decode("utf-8", "replace") for name, raw in headers}
-        return cls(partition, offset, timestamp_ms, key, value, decoded,
-                   _text(obj, "id"), _text(obj, "source"), _text(obj, "subject"))
+        return cls(partition, offset, timestamp_ms, key, value, decoded, *_names(value))
+
+    def with_bytes(self, key: bytes | None, value: bytes | None) -> DlqRecord:
+        """This record with other key and value bytes (the originals of one published cut)."""
+        event_id, source, subject = _names(value)
+        return replace(self, key=key, value=value, event_id=event_id, source=source,
+                       subject=subject)
 
     @property
     def error_code(self) -> str | None:
