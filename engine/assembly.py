@@ -50,6 +50,7 @@ from engine.services import (
     kafka_producer,
     migrate_database,
 )
+from engine.startup_checks import check_startable
 from engine.supervision import (
     ShutdownDeadline,
     StoppedWhileStarting,
@@ -59,7 +60,7 @@ from engine.supervision import (
     until_stopped,
 )
 from rating.payments.provider import PaymentProvider
-from rating.settings import Settings, SettingsError
+from rating.settings import Settings
 from rating.stores.accounts import AccountStore
 from rating.stores.db import BoundedProbe, DatabaseProbe, connection, create_pool
 from rating.stores.plans_in_use import plans_in_use
@@ -93,29 +94,6 @@ class Engine:
         database, kafka = await asyncio.gather(self.database_probe(), self.broker_probe())
         return {"database": database, "tariffs": self.tariffs.book is not None,
                 "kafka": kafka and not self.consumer.stopping.is_set()}
-
-
-def check_startable(settings: Settings) -> None:
-    """Settings that can only fail later, refused before anything starts: one line each."""
-    if settings.metrics_port and settings.metrics_port == settings.http_port:
-        raise SettingsError(f"RATING_METRICS_PORT: {settings.metrics_port} is RATING_HTTP_PORT"
-                            " too; each needs its own port")
-    if not settings.tariffs_dir.is_dir():
-        raise SettingsError(f"RATING_TARIFFS_DIR: {settings.tariffs_dir} is not a directory"
-                            " (the billing team's tariff files)")
-    # A refused event published to the topic it came from is read and refused again,
-    # forever; balance events read as usage are all refused.
-    for variable, topic in (("RATING_DLQ_TOPIC", settings.dlq_topic),
-                            ("RATING_BALANCE_TOPIC", settings.balance_topic)):
-        if topic == settings.usage_topic:
-            raise SettingsError(f"{variable}: {topic!r} is RATING_USAGE_TOPIC too; each"
-                                " needs its own topic")
-    if settings.balance_topic == settings.dlq_topic:
-        raise SettingsError(f"RATING_BALANCE_TOPIC: {settings.balance_topic!r} is"
-                            " RATING_DLQ_TOPIC too; each needs its own topic")
-    if settings.recharge_group == settings.consumer_group:
-        raise SettingsError(f"RATING_RECHARGE_GROUP: {settings.recharge_group!r} is"
-                            " RATING_CONSUMER_GROUP too; each needs its own group")
 
 
 def load_tariff_store(settings: Settings) -> TariffStore:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 import orjson
 
 from rating.core.errors import InvalidEvent
 from rating.core.identifiers import ACCOUNT_ID_RULE, CREDIT_SOURCES, MAX_KEY_LENGTH, is_account_id
+from rating.core.rfc3339 import parse_rfc3339
 from rating.core.segments import count_segments
 
 Service = Literal["call", "tollfree", "sms", "stt"]
@@ -24,11 +24,6 @@ Direction = Literal["inbound", "outbound"]
 
 _E164_RE = re.compile(r"\+[1-9][0-9]{1,14}", re.ASCII)
 _is_e164 = _E164_RE.fullmatch
-_RFC3339_RE = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?"
-    r"([Zz]|[+-][0-9]{2}:[0-9]{2})",
-    re.ASCII,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,9 +208,9 @@ def _started_at(data: dict[str, Any], when: datetime | None) -> datetime | None:
     if type(value) is not str:
         raise _invalid("data.started_at: must be an RFC 3339 string")
     try:
-        started = _parse_time(value)
+        started = parse_rfc3339(value)
     except ValueError as exc:
-        # _parse_time names the field "time"; this one is data.started_at.
+        # parse_rfc3339 names the field "time"; this one is data.started_at.
         raise _invalid("data.started_at" + str(exc).removeprefix("time")) from exc
     if when is not None and started > when:
         raise _invalid("data.started_at: after the event's time")
@@ -229,34 +224,11 @@ def _interval(data: dict[str, Any]) -> tuple[int, int]:
     return from_s, to_s
 
 
-def _parse_time(text: str) -> datetime:
-    match = _RFC3339_RE.fullmatch(text)
-    if match is None:
-        raise ValueError(f"time: not an RFC 3339 timestamp: {text!r}")
-    whole, fraction, zone = match.groups()
-    try:
-        parsed = _whole_second(whole, zone)
-    except ValueError as exc:
-        raise ValueError(f"time: {exc}: {text!r}") from exc
-    if fraction:  # to the microsecond, cut as datetime.fromisoformat cuts it
-        micros = int(fraction[:6].ljust(6, "0"))
-        if micros:
-            parsed += timedelta(microseconds=micros)
-    return parsed
-
-
-@lru_cache(maxsize=4096)
-def _whole_second(whole: str, zone: str) -> datetime:
-    # Switches stamp events to the millisecond or microsecond, so whole timestamps
-    # rarely repeat; the events of one batch share few distinct seconds, hence the cache.
-    return datetime.fromisoformat((whole + zone).upper()).astimezone(UTC)
-
-
 def _time(value: object) -> datetime:
     if type(value) is not str:
         raise _invalid("time: must be an RFC 3339 string")
     try:
-        return _parse_time(value)
+        return parse_rfc3339(value)
     except ValueError as exc:
         raise _invalid(str(exc)) from exc
 
