@@ -1,4 +1,4 @@
-"""Numbered SQL migrations applied in order, once, under an advisory lock."""
+"""Numbered SQL migrations applied in order, once, each under an advisory lock."""
 
 from __future__ import annotations
 
@@ -47,25 +47,27 @@ async def pending_migrations(conn: Connection) -> list[Migration]:
 
 
 async def migrate(conn: Connection) -> list[Migration]:
-    """Apply every migration not yet recorded; return those applied now."""
+    """Apply every migration not yet recorded; return those applied now.
+
+    Each migration is one transaction under a transaction-scoped advisory lock, so that
+    two engines starting at once apply it once, and no lock outlives its transaction
+    (pooled connections are handed back without a session reset: see ``create_pool``).
+    """
     applied_now = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
-    try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())")
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for migration in available_migrations():
-            if migration.version in done:
+    for migration in available_migrations():
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_KEY)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())")
+            if await conn.fetchval("SELECT true FROM schema_migrations WHERE version = $1",
+                                   migration.version):
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version, migration.name)
-            log.info("applied migration %04d_%s", migration.version, migration.name)
-            applied_now.append(migration)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_KEY)
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version, migration.name)
+        log.info("applied migration %04d_%s", migration.version, migration.name)
+        applied_now.append(migration)
     return applied_now

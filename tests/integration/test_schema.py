@@ -52,3 +52,27 @@ async def test_the_ledger_is_append_only_and_accounts_are_never_deleted(
     with pytest.raises(asyncpg.RestrictViolationError):
         await pool.execute("DELETE FROM accounts WHERE id = 'acct-1'")
     assert await pool.fetchval("SELECT sum(amount) FROM ledger") == 500_000
+
+
+async def test_a_pooled_connection_comes_back_clean_without_a_session_reset(
+        empty_database: str) -> None:
+    # The engine's pools skip asyncpg's per-borrowing reset query (a round trip each):
+    # nothing may outlive its transaction, the migrations' lock included.
+    from engine.services import migrate_database
+    from rating.stores.db import create_pool
+
+    pool = await create_pool(empty_database, min_size=1, max_size=1)
+    try:
+        await migrate_database(pool)
+        async with pool.acquire() as conn:
+            advisory = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+            assert advisory == 0
+            await conn.execute("BEGIN")  # a transaction left open by a failed caller
+            await conn.execute("CREATE TABLE left_open (x int)")
+        async with pool.acquire() as conn:  # the same, only, connection
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('left_open')") is None
+    finally:
+        await pool.close()
