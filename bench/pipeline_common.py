@@ -166,9 +166,11 @@ Delivery = tuple[int, int, float]
 
 def publish_paced(bootstrap: str, topic: str, events: Iterator[tuple[str, bytes]],
                   rate_per_s: float, duration_s: float,
-                  deliveries: list[Delivery] | None = None) -> tuple[int, float]:
+                  deliveries: list[Delivery] | None = None,
+                  acknowledged: list[float] | None = None) -> tuple[int, float]:
     """Publish at ``rate_per_s``, each event generated (and time-stamped) as it is sent;
-    with ``deliveries``, record where each landed."""
+    with ``deliveries``, record where each landed; with ``acknowledged``, how long the
+    broker took to acknowledge each (seen within the 1 ms of the send loop)."""
     # librdkafka's defaults otherwise (linger.ms 5), as a voice switch would run it.
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": False,
                          "acks": "all"})
@@ -178,8 +180,12 @@ def publish_paced(bootstrap: str, topic: str, events: Iterator[tuple[str, bytes]
     def on_delivery(err: Any, msg: Any) -> None:
         if err is not None:
             failures.append(str(err))
-        elif deliveries is not None:
-            deliveries.append((msg.partition(), msg.offset(), sent_at.pop(msg.value())))
+        elif deliveries is not None or acknowledged is not None:
+            sent = sent_at.pop(msg.value())
+            if deliveries is not None:
+                deliveries.append((msg.partition(), msg.offset(), sent))
+            if acknowledged is not None:
+                acknowledged.append(time.time() - sent)
 
     # Connected and holding the topic's metadata before the clock starts: otherwise the
     # first events wait for the connection and their latency is the producer's.
@@ -189,7 +195,7 @@ def publish_paced(bootstrap: str, topic: str, events: Iterator[tuple[str, bytes]
     while (elapsed := time.monotonic() - started) < duration_s:
         due = int(elapsed * rate_per_s) - sent
         for key, value in itertools.islice(events, max(0, due)):
-            if deliveries is not None:
+            if deliveries is not None or acknowledged is not None:
                 sent_at[value] = time.time()  # the event's own time, within microseconds
             producer.produce(topic, value=value, key=key.encode(), on_delivery=on_delivery)
             sent += 1

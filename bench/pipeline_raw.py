@@ -101,6 +101,7 @@ async def measure_fetch_latency(args: argparse.Namespace, accounts: list[str],
         enable_auto_commit=False, auto_offset_reset="earliest", **engine_fetch_settings())
     await consumer.start()
     latencies: list[float] = []
+    acknowledged: list[float] = []  # send -> the broker's acknowledgement, per event
     try:
         warmup = list(itertools.islice(traffic(accounts, tariffs, SOURCE_WARMUP, seed=6), 200))
         await asyncio.to_thread(publish_all, bootstrap, topics["topic"], warmup)
@@ -114,7 +115,8 @@ async def measure_fetch_latency(args: argparse.Namespace, accounts: list[str],
         seconds = args.seconds
         producing = asyncio.create_task(asyncio.to_thread(
             publish_paced, bootstrap, topics["topic"],
-            traffic(accounts, tariffs, SOURCE_LATENCY, seed=7), args.rate, seconds))
+            traffic(accounts, tariffs, SOURCE_LATENCY, seed=7), args.rate, seconds,
+            None, acknowledged))
         sent: int | None = None
         deadline = time.monotonic() + seconds + 60
         while (sent is None or len(latencies) < sent) and time.monotonic() < deadline:
@@ -133,6 +135,8 @@ async def measure_fetch_latency(args: argparse.Namespace, accounts: list[str],
     finally:
         await consumer.stop()
     latencies.sort()
+    acknowledged.sort()
     return {"p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
-            "n": len(latencies)}
+            "n": len(latencies), "ack_p50": percentile(acknowledged, 0.5),
+            "ack_p99": percentile(acknowledged, 0.99)}
 

@@ -83,6 +83,9 @@ def _bare_rows(args: argparse.Namespace, r: Results, e2e_rate: float) -> list[tu
         ("(d0) same load, bare aiokafka consumer (no database), p50",
          _ms(r.fetch_latency["p50"])),
         (f"       p99 ({r.fetch_latency['n']:,} events)", _ms(r.fetch_latency["p99"])),
+        ("       of which the broker's acknowledgement of the send, p50",
+         _ms(r.fetch_latency["ack_p50"])),
+        ("       of which the broker's acknowledgement, p99", _ms(r.fetch_latency["ack_p99"])),
         ("(e)  peak RSS (VmHWM), max of (b) and (d)", f"{rss_mb:>11.0f} MB"),
     ]
 
