@@ -7,6 +7,7 @@ that are not a JSON object simply have no id, source or subject.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -17,9 +18,27 @@ import orjson
 def _text(obj: object, key: str) -> str | None:
     if isinstance(obj, dict):
         value = obj.get(key)
-        if isinstance(value, str):
+        if isinstance(value, str) and _is_unicode(value):
             return value
     return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")  # a lone surrogate (``"\ud800"``) is not
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _lenient(value: bytes) -> object:
+    """What Python's own JSON reader makes of bytes orjson refused: it takes lone
+    surrogates in strings, and bad UTF-8 elsewhere in the event is replaced, so that a
+    record refused for its text (say) still shows the id it was sent with."""
+    try:
+        return json.loads(value.decode("utf-8", "replace"))
+    except (ValueError, RecursionError):
+        return None
 
 
 def _names(value: bytes | None) -> tuple[str | None, str | None, str | None]:
@@ -27,7 +46,7 @@ def _names(value: bytes | None) -> tuple[str | None, str | None, str | None]:
     try:
         obj = orjson.loads(value) if value else None
     except orjson.JSONDecodeError:
-        obj = None
+        obj = _lenient(value) if value else None
     return _text(obj, "id"), _text(obj, "source"), _text(obj, "subject")
 
 

@@ -52,3 +52,18 @@ def test_event_keys_and_request_ids() -> None:
     assert _VALID_ID.fullmatch("trace-42")
     for bad in ("", "has space", "x" * 129, "caf\u00e9", "line\nbreak"):
         assert not _VALID_ID.fullmatch(bad)
+
+
+def test_a_record_refused_as_invalid_json_still_names_the_event_it_was_sent_as() -> None:
+    # An analyst asks `events show SOURCE ID` with what the switch sent: a lone surrogate
+    # or bad UTF-8 in the text must not hide the id, source and subject around it.
+    for text in (rb'"\ud800abc"', b'"\xff\xfe"'):
+        value = b'{"id": "b21", "source": "sw", "subject": "acct-1", "data": {"text": ' + (
+            text + b"}}")
+        record = DlqRecord.of(0, 1, None, None, value, [("error_code", b"invalid_json")])
+        assert (record.event_id, record.source, record.subject) == ("b21", "sw", "acct-1")
+    # An id that is itself a lone surrogate names nothing (it could not be printed).
+    record = DlqRecord.of(0, 2, None, None, rb'{"id": "\udc00", "source": "sw"}', [])
+    assert (record.event_id, record.source) == (None, "sw")
+    deep = DlqRecord.of(0, 3, None, None, b"[" * 100_000 + b"]" * 100_000, [])
+    assert deep.event_id is None
