@@ -120,6 +120,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, An
 
         require_provider(settings)  # refused before anything starts: one line, exit 2
         return serve(settings)
+    if args.verb in ("dev", "simulate"):
+        from demo.simulator import check_options
+
+        try:
+            check_options(args)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
     if args.verb == "dev":
         from demo.dev import dev_command
 

@@ -222,6 +222,10 @@ def demo_accounts(count: int) -> list[str]:
     return [f"acct-{i:04d}" for i in range(1, count + 1)]
 
 
+MAX_RATE_PER_S = 1_000_000.0
+MAX_DEMO_ACCOUNTS = 100_000
+
+
 def parse_rate(text: str) -> float:
     """``"200/s"`` or ``"200"`` -> 200.0 events per second."""
     number = text.removesuffix("/s").strip()
@@ -229,9 +233,20 @@ def parse_rate(text: str) -> float:
         value = float(number)
     except ValueError:
         raise ValueError(f"--rate: expected N/s, got {text!r}") from None
-    if value <= 0:
-        raise ValueError(f"--rate: must be positive, got {text!r}")
+    if not 0 < value <= MAX_RATE_PER_S:  # NaN too
+        raise ValueError(f"--rate: expected more than 0 and at most {MAX_RATE_PER_S:.0f}/s,"
+                         f" got {text!r}")
     return value
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """``dev`` and ``simulate``: a bad option is one line before anything starts."""
+    parse_rate(args.rate)
+    if not 1 <= args.accounts <= MAX_DEMO_ACCOUNTS:
+        raise ValueError(f"--accounts: expected 1 to {MAX_DEMO_ACCOUNTS}, got {args.accounts}")
+    duration = getattr(args, "duration", None)
+    if duration is not None and not 0 < duration <= 10 * 365 * 86_400:  # NaN too
+        raise ValueError(f"--duration: expected seconds, more than 0, got {duration}")
 
 
 async def simulate_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -20,23 +20,33 @@ class SettingsError(ValueError):
     """A bad configuration value; the message is one line naming the variable."""
 
 
+def _shown(raw: str) -> str:
+    """The value as a message quotes it: whole, or its start when it is long."""
+    return repr(raw if len(raw) <= 60 else raw[:60] + "…")
+
+
+def _digits(raw: str) -> int | None:
+    """The value of ASCII digits (surrounding blanks allowed), else None: ``int()`` alone
+    would also take ``8_080``, ``+8080`` and other scripts' digits."""
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    # Past 30 digits every value is as much too large as any (and int() of thousands of
+    # digits raises): the bound's own message says so.
+    return int(text) if len(text) <= 30 else 10**30
+
+
 def _port(name: str, raw: str) -> int:
-    try:
-        port = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected a port number 0-65535, got {raw!r}") from None
-    if not 0 <= port <= 65535:
-        raise SettingsError(f"{name}: expected a port number 0-65535, got {raw!r}")
+    port = _digits(raw)
+    if port is None or not 0 <= port <= 65535:
+        raise SettingsError(f"{name}: expected a port number 0-65535, got {_shown(raw)}")
     return port
 
 
 def _positive_int(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise SettingsError(f"{name}: expected a positive integer, got {raw!r}")
+    value = _digits(raw)
+    if value is None or value < 1:
+        raise SettingsError(f"{name}: expected a positive integer, got {_shown(raw)}")
     return value
 
 
@@ -49,17 +59,36 @@ def _bounded(largest: int) -> Callable[[str, str], int]:
     def parse(name: str, raw: str) -> int:
         value = _positive_int(name, raw)
         if value > largest:
-            raise SettingsError(f"{name}: at most {largest}, got {raw!r}")
+            raise SettingsError(f"{name}: at most {largest}, got {_shown(raw)}")
         return value
 
     return parse
 
 
+# The largest value that is still a setting rather than a typo; each also keeps its use
+# within the limits of what receives it (a Kafka int32, a timer, a PostgreSQL interval).
+MAX_FETCH_WAIT_MS = 10_000  # well below the client's 40 s request timeout
+MAX_TARIFF_POLL_SECONDS = 86_400
+MAX_SHUTDOWN_GRACE_SECONDS = 3_600
+MAX_OUTBOX_RETENTION_HOURS = 87_600  # ten years
+
+
 def _batch_size(name: str, raw: str) -> int:
     value = _positive_int(name, raw)
     if value > MAX_BATCH_EVENTS:  # a batch's sum of charges must fit a bigint
-        raise SettingsError(f"{name}: at most {MAX_BATCH_EVENTS} events, got {raw!r}")
+        raise SettingsError(f"{name}: at most {MAX_BATCH_EVENTS} events, got {_shown(raw)}")
     return value
+
+
+# Kafka's rule for topic names; a broker refuses any other at creation.
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}", re.ASCII)
+
+
+def _topic(name: str, raw: str) -> str:
+    if not _TOPIC.fullmatch(raw) or raw in (".", ".."):
+        raise SettingsError(f"{name}: expected a Kafka topic name (1 to 249 of A-Z a-z 0-9"
+                            f" . _ -), got {_shown(raw)}")
+    return raw
 
 
 def _public_url(name: str, raw: str) -> str | None:
@@ -67,7 +96,7 @@ def _public_url(name: str, raw: str) -> str | None:
     if not value:
         return None
     if not value.startswith(("http://", "https://")) or " " in value:
-        raise SettingsError(f"{name}: expected http://HOST[:PORT] or https://…, got {raw!r}")
+        raise SettingsError(f"{name}: expected http://HOST[:PORT] or https://…, got {_shown(raw)}")
     return value
 
 
@@ -85,7 +114,7 @@ MAX_RESERVATION_SECONDS = 86_400
 def _reservation_seconds(name: str, raw: str) -> int:
     value = _positive_int(name, raw)
     if value > MAX_RESERVATION_SECONDS:
-        raise SettingsError(f"{name}: at most {MAX_RESERVATION_SECONDS} seconds, got {raw!r}")
+        raise SettingsError(f"{name}: at most {MAX_RESERVATION_SECONDS} seconds, got {_shown(raw)}")
     return value
 
 
@@ -100,9 +129,9 @@ def parse_bootstrap(name: str, raw: str) -> tuple[str, ...] | None:
     servers = []
     for part in raw.split(","):
         host, sep, port = part.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        if not sep or not host or _digits(port) is None or not 0 < int(port) <= 65535:
             raise SettingsError(
-                f"{name}: expected host:port[,host:port...], got {raw!r}")
+                f"{name}: expected host:port[,host:port...], got {_shown(raw)}")
         servers.append(f"{host}:{port}")
     return tuple(servers)
 
@@ -117,7 +146,7 @@ def _seconds(name: str, raw: str) -> float:
     text = raw.strip()
     if not _SECONDS.fullmatch(text) or not 0 < float(text) <= _MAX_WAIT_S:
         raise SettingsError(f"{name}: expected seconds, more than 0 and at most"
-                            f" {_MAX_WAIT_S}, got {raw!r}")
+                            f" {_MAX_WAIT_S}, got {_shown(raw)}")
     return float(text)
 
 
@@ -129,13 +158,13 @@ def _retry_waits(name: str, raw: str) -> tuple[float, ...]:
         raise SettingsError(
             f"{name}: expected 1 to {_MAX_RETRIES} comma-separated waits in seconds"
             f" (0 to {_MAX_WAIT_S} each), one per retry after a decline, e.g. 60,300,1800;"
-            f" got {raw!r}")
+            f" got {_shown(raw)}")
     return tuple(float(p) for p in parts)
 
 
 def _database_url(name: str, raw: str) -> str | None:
     if not raw.startswith(("postgresql://", "postgres://")):
-        raise SettingsError(f"{name}: expected a postgresql:// URL, got {raw!r}")
+        raise SettingsError(f"{name}: expected a postgresql:// URL, got {_shown(raw)}")
     return raw
 
 
@@ -144,9 +173,9 @@ def _max_amount(name: str, raw: str) -> int:
     try:
         micros = parse_amount(raw)
     except ValueError:
-        raise SettingsError(f"{name}: expected {expected}, got {raw!r}") from None
+        raise SettingsError(f"{name}: expected {expected}, got {_shown(raw)}") from None
     if not 0 < micros <= BALANCE_BOUND:
-        raise SettingsError(f"{name}: expected {expected}, got {raw!r}")
+        raise SettingsError(f"{name}: expected {expected}, got {_shown(raw)}")
     return micros
 
 
@@ -271,18 +300,20 @@ class Settings:
             api_token=get("RATING_API_TOKEN"),
             switch_token=get("RATING_SWITCH_TOKEN"),
             public_url=parsed("RATING_PUBLIC_URL", _public_url, None),
-            usage_topic=text("RATING_USAGE_TOPIC", defaults.usage_topic),
-            dlq_topic=text("RATING_DLQ_TOPIC", defaults.dlq_topic),
-            balance_topic=text("RATING_BALANCE_TOPIC", defaults.balance_topic),
+            usage_topic=parsed("RATING_USAGE_TOPIC", _topic, defaults.usage_topic),
+            dlq_topic=parsed("RATING_DLQ_TOPIC", _topic, defaults.dlq_topic),
+            balance_topic=parsed("RATING_BALANCE_TOPIC", _topic, defaults.balance_topic),
             consumer_group=text("RATING_CONSUMER_GROUP", defaults.consumer_group),
             recharge_group=text("RATING_RECHARGE_GROUP", defaults.recharge_group),
             batch_max_events=parsed("RATING_BATCH_MAX_EVENTS", _batch_size,
                                     defaults.batch_max_events),
-            fetch_max_wait_ms=parsed("RATING_FETCH_MAX_WAIT_MS", _positive_int,
+            fetch_max_wait_ms=parsed("RATING_FETCH_MAX_WAIT_MS", _bounded(MAX_FETCH_WAIT_MS),
                                      defaults.fetch_max_wait_ms),
-            tariff_poll_seconds=parsed("RATING_TARIFF_POLL_SECONDS", _positive_int,
+            tariff_poll_seconds=parsed("RATING_TARIFF_POLL_SECONDS",
+                                       _bounded(MAX_TARIFF_POLL_SECONDS),
                                        defaults.tariff_poll_seconds),
-            shutdown_grace_seconds=parsed("RATING_SHUTDOWN_GRACE_SECONDS", _positive_int,
+            shutdown_grace_seconds=parsed("RATING_SHUTDOWN_GRACE_SECONDS",
+                                          _bounded(MAX_SHUTDOWN_GRACE_SECONDS),
                                           defaults.shutdown_grace_seconds),
             payment_simulation=parsed("RATING_PAYMENT_SIMULATION", _payment_simulation, None),
             max_amount=parsed("RATING_MAX_AMOUNT", _max_amount, defaults.max_amount),
@@ -296,7 +327,8 @@ class Settings:
             topic_replication=parsed("RATING_TOPIC_REPLICATION",
                                      _bounded(MAX_TOPIC_REPLICATION),
                                      defaults.topic_replication),
-            outbox_retention_hours=parsed("RATING_OUTBOX_RETENTION_HOURS", _positive_int,
+            outbox_retention_hours=parsed("RATING_OUTBOX_RETENTION_HOURS",
+                                          _bounded(MAX_OUTBOX_RETENTION_HOURS),
                                           defaults.outbox_retention_hours),
             reservation_seconds=parsed("RATING_RESERVATION_SECONDS", _reservation_seconds,
                                        defaults.reservation_seconds),

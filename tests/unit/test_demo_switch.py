@@ -75,3 +75,24 @@ def test_the_status_line_is_rewritten_on_a_terminal_and_plain_elsewhere(tty: boo
         assert stream.getvalue() == "\r\x1b[K1 events/s\r\x1b[K2 events/s\r\x1b[K"
     else:
         assert stream.getvalue() == "1 events/s\n2 events/s\n"
+
+
+@pytest.mark.parametrize("argv", [
+    ["simulate", "--accounts", "0", "--duration", "1"],
+    ["simulate", "--accounts", "-5"],
+    ["dev", "--accounts", "0"],  # refused before any embedded service starts
+    ["simulate", "--duration", "nan"],
+    ["simulate", "--duration", "-1"],
+    ["simulate", "--rate", "nan"],
+    ["dev", "--rate", "inf/s"],
+])
+def test_a_bad_demo_option_is_one_line_before_anything_starts(
+        argv: list[str], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from commands.main import main
+
+    monkeypatch.setenv("RATING_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing to reach
+    monkeypatch.setenv("RATING_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--{argv[1].lstrip('-')}" in err, err

@@ -35,6 +35,22 @@ def test_tuning_variables_are_read() -> None:
     ("RATING_METRICS_PORT", "70000"),
     ("RATING_KAFKA_BOOTSTRAP", "nonsense"),
     ("RATING_DATABASE_URL", "mysql://x"),
+    # Accepted once, then failing where they were used: the fetcher (a Kafka int32,
+    # billing stopped while ready), the outbox purge (a PostgreSQL interval), the
+    # shutdown watchdog (a timer).
+    ("RATING_FETCH_MAX_WAIT_MS", "2147483648"),
+    ("RATING_OUTBOX_RETENTION_HOURS", "3000000000"),
+    ("RATING_SHUTDOWN_GRACE_SECONDS", "10000000000"),
+    ("RATING_TARIFF_POLL_SECONDS", "100000000000000000000"),
+    # Digits are ASCII digits: int() alone takes these.
+    ("RATING_HTTP_PORT", "\u0668\u0660\u0668\u0660"),
+    ("RATING_HTTP_PORT", "8_080"),
+    ("RATING_BATCH_MAX_EVENTS", "+5"),
+    ("RATING_KAFKA_BOOTSTRAP", "broker:\u0669\u0660\u0669\u0662"),
+    # Names a Kafka broker refuses at creation.
+    ("RATING_USAGE_TOPIC", "bad!topic"),
+    ("RATING_DLQ_TOPIC", ".."),
+    ("RATING_BALANCE_TOPIC", "balance events"),
 ])
 def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as caught:
@@ -42,6 +58,16 @@ def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> N
     message = str(caught.value)
     assert message.startswith(f"{name}: ") and "\n" not in message
     assert repr(value) in message
+
+
+def test_a_long_bad_value_is_quoted_by_its_start() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"RATING_TARIFF_POLL_SECONDS": "9" * 5000})
+    message = str(caught.value)
+    assert "at most 86400" in message and len(message) < 200
+    with pytest.raises(SettingsError):
+        Settings.from_env({"RATING_BALANCE_TOPIC": "x" * 250})  # Kafka's limit is 249
+    assert Settings.from_env({"RATING_BALANCE_TOPIC": "x" * 249}).balance_topic == "x" * 249
 
 
 def test_reservation_settings() -> None:
