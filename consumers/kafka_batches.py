@@ -17,10 +17,27 @@ log = logging.getLogger(__name__)
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
+class FetcherStopped(Exception):
+    """The client's background fetch task has ended: nothing more will be fetched."""
+
+
+def _check_fetcher(consumer: AIOKafkaConsumer) -> None:
+    # aiokafka fetches in a background task and getmany() only reads what it stored: if
+    # that task ends on an unexpected error, getmany() returns nothing, forever, and
+    # nothing else says so (aiokafka keeps its end in ``error_future`` and never looks).
+    task = getattr(getattr(consumer, "_fetcher", None), "error_future", None)
+    if task is None or not task.done():
+        return
+    error = None if task.cancelled() else task.exception()
+    cause = error.__cause__ or error if error is not None else None
+    raise FetcherStopped("the Kafka client stopped fetching" + (
+        f" ({describe(cause)})" if cause is not None else "")) from error
+
+
 async def poll_partitions(consumer: AIOKafkaConsumer,
                           max_records: int) -> dict[TopicPartition, list[Record]]:
     """Up to ``max_records`` by partition, in offset order; a broker failure is counted
-    and yields nothing."""
+    and yields nothing. ``FetcherStopped`` when the client will never fetch again."""
     try:
         fetched: dict[TopicPartition, list[Record]] = await consumer.getmany(
             timeout_ms=200, max_records=max_records)
@@ -29,6 +46,8 @@ async def poll_partitions(consumer: AIOKafkaConsumer,
         log.warning("fetch failed (%s); retrying", describe(exc))
         await Backoff(0.5, 0.5).wait()  # between half a second and a second
         return {}
+    if not fetched:
+        _check_fetcher(consumer)
     return fetched
 
 

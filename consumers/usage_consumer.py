@@ -37,7 +37,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from consumers import metrics
 from consumers.dead_letters import DeadLetterPublisher, Rejected
 from consumers.debit_isolation import IsolatedDebit, debit_isolating
-from consumers.kafka_batches import Record, commit_offsets, poll_partitions
+from consumers.kafka_batches import FetcherStopped, Record, commit_offsets, poll_partitions
 from consumers.retry import (
     Backoff,
     StoppedWhileRetrying,
@@ -94,9 +94,8 @@ class UsageConsumer:
         self._pool = pool
         self._tariffs = tariffs
         self._dead_letters = DeadLetterPublisher(producer, settings.dlq_topic, pool)
-        self._consumer = AIOKafkaConsumer(
-            settings.usage_topic, bootstrap_servers=bootstrap, group_id=settings.consumer_group,
-            enable_auto_commit=False, auto_offset_reset="earliest", **fetch_settings(settings))
+        self._bootstrap = bootstrap
+        self._consumer = self._new_client()
         self.stopping = asyncio.Event()
         # Set when asked to stop, or when the pipeline fails: retries in flight give up.
         self._halt = asyncio.Event()
@@ -105,6 +104,7 @@ class UsageConsumer:
         self._starting = False
         self._started = False
         self._closed = False
+        self._client_stopped = False  # the Kafka client stopped fetching: a new one is due
         self.batches_committed = 0
         # When each batch read and not yet acknowledged was read, oldest first (the
         # pipeline holds up to three); and, after a failure rewound them, when the
@@ -114,6 +114,27 @@ class UsageConsumer:
         _LIVE.add(self)
         self._lag_updated = 0.0
         self._lag_labels: set[tuple[str, str]] = set()
+
+    def _new_client(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            self._settings.usage_topic, bootstrap_servers=self._bootstrap,
+            group_id=self._settings.consumer_group, enable_auto_commit=False,
+            auto_offset_reset="earliest", **fetch_settings(self._settings))
+
+    async def _renew_client(self) -> None:
+        """A new Kafka client in place of one that stopped fetching: it leaves the group,
+        the new one joins and reads on from the group's committed offsets (what was read
+        and not committed is read again; the ledger's keys make that harmless)."""
+        old = self._consumer
+        try:  # leaves the group first, then fails on the ended fetch task
+            await asyncio.wait_for(old.stop(), 10)
+        except Exception:
+            with contextlib.suppress(Exception):  # its connections, which stop() skipped
+                await old._client.close()
+        self._uncommitted.clear()
+        self._consumer = self._new_client()
+        await self._consumer.start()
+        self._client_stopped = False
 
     async def start(self) -> None:
         if self._closed:
@@ -139,6 +160,8 @@ class UsageConsumer:
             committed = self.batches_committed
             self._halt = asyncio.Event()
             try:
+                if self._client_stopped:
+                    await self._renew_client()
                 await self._run_batches()
                 return
             except StoppedWhileRetrying as exc:
@@ -153,6 +176,13 @@ class UsageConsumer:
                 backoff.reset()
             metrics.COMPONENT_FAILURES.labels("usage-consumer").inc()
             delay = backoff.next_delay()
+            if isinstance(failure, FetcherStopped):
+                log.error("usage consumer: %s; a new client joins the group in %.1f s",
+                          failure, delay, exc_info=failure)
+                self._client_stopped = True
+                self._rewind()  # what was read and not billed stays unbilled, and aging
+                await sleep_unless(self.stopping, delay)
+                continue
             log.error("usage consumer failed (%s); resuming from the first uncommitted "
                       "offsets in %.1f s", describe(failure), delay, exc_info=failure)
             self._rewind()

@@ -266,3 +266,34 @@ async def test_connections_dropped_under_the_consumer_are_waited_out(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_kafka_client_that_stops_fetching_is_replaced_and_billing_goes_on(
+        env: Settings, pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
+    # aiokafka's background fetch task can end on an unexpected error (an encoding
+    # failure, say); its getmany() then returns nothing forever and says nothing.
+    import struct
+
+    await AccountStore(pool).create(NewAccount("acct-1", "standard", "EUR", parse_amount("50")))
+    failures_before = REGISTRY.get_sample_value(
+        "rating_component_failures_total", {"component": "usage-consumer"}) or 0.0
+    async with running_consumer(env, pool) as consumer:
+        publish_with_librdkafka(kafka_bootstrap, env.usage_topic,
+                                [("acct-1", call("a", "acct-1"))])
+        await wait_until(lambda: at_least(pool, 1), what="the first event billed")
+        client = consumer._consumer
+        fetcher = client._fetcher
+
+        def broken(assignment: object) -> None:
+            raise struct.error("'i' format requires -2147483648 <= number <= 2147483647")
+
+        fetcher._get_actions_per_node = broken
+        await wait_until(lambda: _true(fetcher.error_future.done()), what="the fetcher's end")
+        publish_with_librdkafka(kafka_bootstrap, env.usage_topic,
+                                [("acct-1", call("b", "acct-1"))])
+        await wait_until(lambda: at_least(pool, 2), what="the event after the fetcher's end")
+        assert consumer._consumer is not client
+    assert await ledger_count(pool) == 2
+    failures = REGISTRY.get_sample_value(
+        "rating_component_failures_total", {"component": "usage-consumer"}) or 0.0
+    assert failures == failures_before + 1
