@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -32,6 +34,30 @@ def _check_fetcher(consumer: AIOKafkaConsumer) -> None:
     cause = error.__cause__ or error if error is not None else None
     raise FetcherStopped("the Kafka client stopped fetching" + (
         f" ({describe(cause)})" if cause is not None else "")) from error
+
+
+async def replace_client(old: AIOKafkaConsumer,
+                         new: Callable[[], AIOKafkaConsumer]) -> AIOKafkaConsumer:
+    """A started client in place of ``old``, which stopped fetching (``FetcherStopped``).
+
+    ``old`` leaves the group first; the new one joins and reads on from the group's
+    committed offsets, so what was read and not committed is read again (whatever
+    handles it makes that harmless). Raises when the new one cannot start (a broker
+    outage): ``old`` is closed by then, and the caller tries again later.
+    """
+    try:  # leaves the group, then fails on the ended fetch task
+        await asyncio.wait_for(old.stop(), 10)
+    except Exception:
+        with contextlib.suppress(Exception):  # the connections stop() did not reach
+            await old._client.close()
+    client = new()
+    try:
+        await client.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await client.stop()
+        raise
+    return client
 
 
 async def poll_partitions(consumer: AIOKafkaConsumer,

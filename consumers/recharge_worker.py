@@ -21,10 +21,17 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import Counter, Gauge
 
 from consumers import metrics
-from consumers.kafka_batches import Record, commit_past, poll_records
+from consumers.kafka_batches import (
+    FetcherStopped,
+    Record,
+    commit_past,
+    poll_records,
+    replace_client,
+)
 from consumers.retry import (
     StoppedWhileRetrying,
     retry_transient,
+    sleep_unless,
     transient_dependency,
 )
 from rating.core.errors import InvalidEvent, describe
@@ -102,20 +109,26 @@ class RechargeWorker:
         self._tick_s = tick_s
         self._next_sweep = 0.0  # event-loop time
         self._outage: str | None = None  # the dependency a tick last found out, if any
-        self._consumer = AIOKafkaConsumer(
-            settings.balance_topic, bootstrap_servers=bootstrap,
-            group_id=settings.recharge_group, enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # The usage consumer's session (consumers/usage_batches.fetch_settings): a
-            # killed replica's member is replaced after 6 s, not aiokafka's 10 s, and
-            # the first join of a start-up is held for less.
-            session_timeout_ms=6_000, heartbeat_interval_ms=2_000)
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self._consumer = self._new_client()
+        self._client_stopped = False  # the Kafka client stopped fetching: a new one is due
         self.stopping = asyncio.Event()
         # Outcomes of the balance.low events this worker handled (also in metrics).
         self.handled: collections.Counter[str] = collections.Counter()
         self._starting = False
         self._started = False
         self._closed = False
+
+    def _new_client(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            self._settings.balance_topic, bootstrap_servers=self._bootstrap,
+            group_id=self._settings.recharge_group, enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # The usage consumer's session (consumers/usage_batches.fetch_settings): a
+            # killed replica's member is replaced after 6 s, not aiokafka's 10 s, and
+            # the first join of a start-up is held for less.
+            session_timeout_ms=6_000, heartbeat_interval_ms=2_000)
 
     async def start(self) -> None:
         if self._closed:
@@ -224,7 +237,23 @@ class RechargeWorker:
         RECHARGE_OLDEST_IN_FLIGHT.set(max((age for _, age in in_flight.values()), default=0.0))
 
     async def _poll(self) -> list[Record]:
-        return await poll_records(self._consumer, 100)
+        """What ``balance.events`` holds next. A client that stopped fetching is replaced
+        here, so that the ticks (settlements, retries, the sweep) go on meanwhile."""
+        if self._client_stopped:
+            try:
+                self._consumer = await replace_client(self._consumer, self._new_client)
+                self._client_stopped = False
+            except Exception as exc:  # a broker outage: tried again at the next poll
+                log.warning("recharge worker: no new Kafka client yet (%s)", describe(exc))
+                await sleep_unless(self.stopping, 1.0)
+                return []
+        try:
+            return await poll_records(self._consumer, 100)
+        except FetcherStopped as exc:
+            metrics.COMPONENT_FAILURES.labels("recharge-worker").inc()
+            log.error("recharge worker: %s; a new client joins the group", exc)
+            self._client_stopped = True
+            return []
 
     async def _handle(self, records: list[Record]) -> None:
         for record in records:

@@ -37,7 +37,13 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from consumers import metrics
 from consumers.dead_letters import DeadLetterPublisher, Rejected
 from consumers.debit_isolation import IsolatedDebit, debit_isolating
-from consumers.kafka_batches import FetcherStopped, Record, commit_offsets, poll_partitions
+from consumers.kafka_batches import (
+    FetcherStopped,
+    Record,
+    commit_offsets,
+    poll_partitions,
+    replace_client,
+)
 from consumers.retry import (
     Backoff,
     StoppedWhileRetrying,
@@ -122,18 +128,9 @@ class UsageConsumer:
             auto_offset_reset="earliest", **fetch_settings(self._settings))
 
     async def _renew_client(self) -> None:
-        """A new Kafka client in place of one that stopped fetching: it leaves the group,
-        the new one joins and reads on from the group's committed offsets (what was read
-        and not committed is read again; the ledger's keys make that harmless)."""
-        old = self._consumer
-        try:  # leaves the group first, then fails on the ended fetch task
-            await asyncio.wait_for(old.stop(), 10)
-        except Exception:
-            with contextlib.suppress(Exception):  # its connections, which stop() skipped
-                await old._client.close()
-        self._uncommitted.clear()
-        self._consumer = self._new_client()
-        await self._consumer.start()
+        """A new Kafka client in place of one that stopped fetching."""
+        self._consumer = await replace_client(self._consumer, self._new_client)
+        self._uncommitted.clear()  # the new member reads from the committed offsets
         self._client_stopped = False
 
     async def start(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 
 import asyncpg
 import orjson
@@ -370,6 +371,27 @@ async def test_worker_recharges_once_across_redeliveries_and_a_restart(
                 return second.handled["duplicate"] >= 2
 
             await wait_until(both_seen, what="the redeliveries")
+
+            # Its Kafka client stops fetching (aiokafka's fetch task ends on an error):
+            # a new one joins, and a third redelivery is seen, still charging nothing.
+            client = second._consumer
+
+            def broken(assignment: object) -> None:
+                raise struct.error("'i' format requires -2147483648 <= number <= 2147483647")
+
+            client._fetcher._get_actions_per_node = broken
+
+            async def replaced() -> bool:
+                return second._consumer is not client
+
+            await wait_until(replaced, what="a new Kafka client")
+            await pool.execute("UPDATE outbox SET sent_at = NULL WHERE type = 'balance.low'")
+            await relay.relay_once()
+
+            async def third_seen() -> bool:
+                return second.handled["duplicate"] >= 3
+
+            await wait_until(third_seen, what="the redelivery after the new client")
             second.request_stop()
             await task
     finally:
