@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -22,6 +23,23 @@ from rating.settings import Settings, SettingsError
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+_DECIMAL = re.compile(r"-?[0-9]{1,30}(\.[0-9]{1,9})?", re.ASCII)
+
+
+def _integer(text: str) -> int:
+    """An option's integer: ASCII digits (``int()`` alone also takes ``1_000`` and other
+    scripts' digits); its range is checked where it is used, naming the option."""
+    if not re.fullmatch(r"-?[0-9]{1,30}", text.strip(), re.ASCII):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(text)
+
+
+def _decimal(text: str) -> float:
+    if not _DECIMAL.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+    return float(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rating-engine",
@@ -31,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dev = verbs.add_parser("dev", help="engine + embedded services + simulated switch traffic")
     dev.add_argument("--rate", default="200/s", help="simulated events per second (N/s)")
-    dev.add_argument("--accounts", type=int, default=50, help="demo accounts")
+    dev.add_argument("--accounts", type=_integer, default=50, help="demo accounts")
     dev.add_argument("--no-reservations", dest="reservations", action="store_false",
                      help="simulated calls without credit reservations (default: with)")
     verbs.add_parser("run", help="engine against the configured services")
@@ -39,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = verbs.add_parser("simulate", help="publish realistic usage like a voice switch")
     sim.add_argument("--rate", default="200/s", help="events per second (N/s)")
-    sim.add_argument("--accounts", type=int, default=50, help="accounts acct-0001..N")
-    sim.add_argument("--duration", type=float, default=None, help="seconds, default forever")
+    sim.add_argument("--accounts", type=_integer, default=50, help="accounts acct-0001..N")
+    sim.add_argument("--duration", type=_decimal, default=None, help="seconds, default forever")
     sim.add_argument("--reservations", action="store_true",
                      help="place calls through credit reservations (needs RATING_SWITCH_TOKEN)")
     sim.add_argument("--api", default=None,
@@ -75,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     auto.add_argument("--amount")
     auto.add_argument("--below")
     auto.add_argument("--off", action="store_true")
-    auto.add_argument("--max-per-day", type=int, default=None, metavar="N",
+    auto.add_argument("--max-per-day", type=_integer, default=None, metavar="N",
                       help="at most N automatic recharges in any 24 hours (default 5)")
     auto.add_argument("--alert-thresholds", default=None, metavar="A,B,...",
                       help="balance.alert when the balance falls below each ('' for none)")
@@ -89,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     adjust.add_argument("--idempotency-key", required=True)
     link = acc.add_parser("portal-link", help="a customer session's billing-page URL")
     link.add_argument("id")
-    link.add_argument("--ttl", type=int, default=None, help="seconds (default 900)")
+    link.add_argument("--ttl", type=_integer, default=None, help="seconds (default 900)")
 
     from commands import events
 
@@ -98,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 
     trail = verbs.add_parser("audit", help="the audit trail, oldest first, as JSON lines")
     trail.add_argument("--account", default=None, help="one account's writes only")
-    trail.add_argument("--limit", type=int, default=100, help="the newest N (default 100)")
+    trail.add_argument("--limit", type=_integer, default=100, help="the newest N (default 100)")
     return parser
 
 

@@ -81,7 +81,7 @@ def test_the_status_line_is_rewritten_on_a_terminal_and_plain_elsewhere(tty: boo
     ["simulate", "--accounts", "0", "--duration", "1"],
     ["simulate", "--accounts", "-5"],
     ["dev", "--accounts", "0"],  # refused before any embedded service starts
-    ["simulate", "--duration", "nan"],
+    ["simulate", "--duration", "0"],
     ["simulate", "--duration", "-1"],
     ["simulate", "--rate", "nan"],
     ["dev", "--rate", "inf/s"],
@@ -96,3 +96,18 @@ def test_a_bad_demo_option_is_one_line_before_anything_starts(
     assert main(argv) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--{argv[1].lstrip('-')}" in err, err
+
+
+@pytest.mark.parametrize("argv", [
+    ["accounts", "auto-recharge", "acct-1", "--max-per-day", "\u0663"],
+    ["accounts", "portal-link", "acct-1", "--ttl", "1_0"],
+    ["simulate", "--duration", "\u0663"],
+    ["simulate", "--accounts", "\uff15"],
+    ["simulate", "--duration", "nan"],
+])
+def test_an_integer_option_is_ascii_digits(argv: list[str]) -> None:
+    from commands.main import main
+
+    with pytest.raises(SystemExit) as exited:  # argparse: usage and the error, exit 2
+        main(argv)
+    assert exited.value.code == 2
