@@ -28,7 +28,7 @@ from api.access import (
     requires,
 )
 from api.account_billing import AccountBilling, month_query
-from api.billing_view import BillingView, Money, billing_view, reason_text
+from api.billing_view import BillingView, Money, billing_view, reason_text, recharge_outcome
 from api.http_json import field, json_body, json_response
 from rating.core.currency import display_money, minor_units
 from rating.core.errors import ApiError, IdempotencyConflict, PaymentDeclined
@@ -65,6 +65,9 @@ def field_error(value: object, currency: str, max_amount: int = DEFAULT_MAX_AMOU
     if match is None:
         return None, "Enter a number, like 20 or 20.50."
     places = minor_units(currency)
+    if len(match.group(1)) > 20:  # more digits than any amount has (parse_amount refuses)
+        return None, ("Enter an amount greater than zero." if text.startswith("-") else
+                      f"Enter at most {display_money(max_amount, currency)}.")
     amount = parse_amount(text) if len(match.group(2) or "") <= DECIMALS else None
     if amount is None or amount % 10 ** (DECIMALS - places):
         return None, (f"Enter whole {currency} amounts, like 20." if places == 0 else
@@ -89,6 +92,7 @@ class BillingPage:
             autoescape=jinja2.select_autoescape(default=True),
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self._env.globals["reason_text"] = reason_text
+        self._env.globals["recharge_outcome"] = recharge_outcome
         self._assets = {name: (resources.files("api") / "static" / name).read_bytes()
                         for name in _ASSETS}
 

@@ -35,7 +35,19 @@ REASONS = {
     "stolen_card": "The card was reported stolen.",
     "closed_account": "The card's account is closed.",
     "attempts_exhausted": "Every attempt to charge the card was declined.",
+    "card_closed": "The card's account is closed.",
+    "hard_decline": "The card was refused for good (lost, stolen, expired or closed).",
 }
+# Why a recharge was not made although it was asked for (``recharges.last_reason``).
+_CANCELLED = {
+    "cancelled: auto-recharge was turned off": "cancelled: automatic adding credit was"
+                                                " turned off.",
+    "cancelled: balance is back at or above the threshold": "not needed (the balance was"
+                                                            " back above the threshold).",
+    "cancelled: the balance would exceed its bound": "not made (the balance would pass its"
+                                                     " limit).",
+}
+_SETTLED = ("succeeded", "failed", "cancelled")
 RECENT_ENTRIES = 10
 RECENT_PAYMENTS = 5
 
@@ -48,6 +60,15 @@ def reason_text(reason: str | None) -> str:
         return known
     words = reason.replace("_", " ").strip()
     return words[:1].upper() + words[1:] + ("" if words.endswith(".") else ".")
+
+
+def recharge_outcome(status: str, reason: str | None) -> str:
+    """How a settled recharge ended, as "Last recharge: AMOUNT on WHEN, ..." goes on."""
+    if status == "succeeded":
+        return "credited."
+    if status == "cancelled":
+        return _CANCELLED.get(reason or "", "cancelled.")
+    return "did not go through: " + reason_text(reason)
 
 
 def when_text(when: datetime | str | None) -> str:
@@ -191,8 +212,8 @@ def _last_recharge(auto: dict[str, Any], account: dict[str, Any],
                    mine: RechargeLine | None, currency: str) -> RechargeLine | None:
     """The account's own ``last_recharge`` when the engine reports one, else ours."""
     last = account.get("last_recharge", auto.get("last_recharge"))
-    if not isinstance(last, dict):
-        return mine
+    if not isinstance(last, dict) or str(last.get("status")) not in _SETTLED:
+        return mine  # one in flight is shown as such, not as the last one
     try:
         amount = parse_amount(str(last.get("amount")))
     except ValueError:

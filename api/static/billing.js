@@ -128,13 +128,26 @@
       } else if (status === 402) {
         say(message, "Payment declined: " + data.error.reason_text, "error");
       } else if (status === 503) {
-        say(message, "The payment service did not answer. Try again: you will not be charged twice.", "error");
-      } else if (status !== 401) {
+        // The payment is kept and asked about again by the engine: paying again (from
+        // a reloaded page, with a new key) would be a second payment.
+        const label = document.querySelector('label[for="' + chosen.id + '"]');
+        const text = label ? label.textContent.trim() : chosen.value;
+        say(message, "The payment service did not answer. Your payment of " + text +
+            " is kept and completes by itself when it answers; it shows below. Do not pay again.");
+        pendingPayment = text;
+      } else if (status === 409) {
+        say(message, "A payment from this page may already have gone through: check the" +
+            " payments below before paying again.", "error");
+      } else if (status === 401 || status === 403) {
+        say(message, "Not paid: this page's link no longer works (see the note above).", "error");
+      } else {
         say(message, (data.error && data.error.message) || "The payment could not be made.", "error");
       }
       if (data.state) apply(data.state); else refresh();
     } catch (e) {
-      say(message, "No connection. Try again: you will not be charged twice.", "error");
+      say(message, "No connection: the payment may or may not have been made. Pay Now again" +
+          " for the same amount is the same payment (never charged twice); check the payments" +
+          " below first.", "error");
     } finally {
       changing--;
       paying = false;
@@ -184,7 +197,10 @@
         say(message, "Check the amounts above.", "error");
         const first = Object.keys(data.error.fields)[0];
         if (fields[first]) fields[first].focus();
-      } else if (status !== 401) {
+      } else if (status === 401 || status === 403) {
+        say(message, "Not saved: this page's link no longer works (see the note above).", "error");
+      } else {
+        showFieldErrors(null);
         say(message, (data.error && data.error.message) || "Could not save.", "error");
       }
     } catch (e) {

@@ -157,7 +157,13 @@ async def test_a_zero_threshold_and_a_recharge_turned_off_by_a_hard_decline(
     below = page.get_by_role("textbox", name="If balance falls below")
     message = page.locator("#auto-message")
     await page.get_by_role("switch", name="Automatic adding credit").check()
-    await page.get_by_role("textbox", name="Add this amount").fill("20")
+    amount = page.get_by_role("textbox", name="Add this amount")
+    await amount.fill("9" * 31)  # more digits than any amount: a field message, not a 500
+    await below.fill("1")
+    await page.get_by_role("button", name="Save and Turn On").click()
+    await expect(page.locator("#auto-amount-error")).to_have_text(
+        "Enter at most 1000000.00 EUR.")
+    await amount.fill("20")
     await below.fill("0")  # "when the balance falls below zero": allowed, as on the API
     await page.get_by_role("button", name="Save and Turn On").click()
     await expect(page.locator("#part-auto_status")).to_contain_text("falls below 0.00 EUR")
@@ -170,6 +176,8 @@ async def test_a_zero_threshold_and_a_recharge_turned_off_by_a_hard_decline(
         "turned off after a failed payment", timeout=LIVE)
     await expect(page.get_by_role("switch", name="Automatic adding credit")).not_to_be_checked()
     await expect(message).to_have_text("")  # no "is on" left beside an "Off"
+    await expect(page.locator("#part-auto_status")).to_contain_text(
+        "The card was refused for good")  # why, in words, not "Hard decline."
 
 
 async def test_a_declined_card_and_an_expired_one_say_why(
@@ -194,6 +202,17 @@ async def test_a_declined_card_and_an_expired_one_say_why(
     await expect(page.get_by_role("link", name="Add credit now")).to_be_visible()
     await page.screenshot(path=shots / "expired-card.png", full_page=True)
     assert engine.provider.captured(account) == engine.provider.captured(expired) == []
+
+    # The provider does not answer: the payment is kept and completed by the engine, so
+    # the page must not invite a second payment (a reloaded page pays with a new key).
+    silent = await engine.account("web-unanswered", "3.00")
+    engine.provider.set_behaviour("unavailable", account_id=silent)
+    page = await open_link(context, await engine.link(silent))
+    await page.get_by_role("button", name="Pay Now").click()
+    await expect(page.locator("#pay-message")).to_contain_text(
+        "Your payment of 10.00 EUR is kept and completes by itself")
+    await expect(page.locator("#pay-message")).not_to_contain_text("Try again")
+    await expect(page.locator("#part-payments")).to_contain_text("10.00 EUR: pending.")
 
 
 async def test_an_expired_or_wrong_link_shows_only_that_it_expired(
