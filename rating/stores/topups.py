@@ -34,8 +34,16 @@ log = logging.getLogger(__name__)
 
 
 TopupStatus = Literal["succeeded", "pending"]
-_PAYMENT = ("SELECT amount, status, reason FROM topup_payments"
-            " WHERE account_id = $1 AND idempotency_key = $2")
+# ``awaited``: a charge with this key was sent and its answer is not overdue yet.
+_PAYMENT = ("SELECT amount, status, reason, payment_id, next_check_at > now() AS awaited"
+            " FROM topup_payments WHERE account_id = $1 AND idempotency_key = $2")
+# Credit on its way to the account: top-ups and automatic recharges not settled yet.
+_IN_FLIGHT = """
+SELECT (SELECT coalesce(sum(amount), 0) FROM topup_payments
+        WHERE account_id = $1 AND status IN ('requested', 'pending'))
+     + (SELECT coalesce(sum(amount), 0) FROM recharges
+        WHERE account_id = $1 AND status IN ('requested', 'charging', 'pending'))
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,25 +84,7 @@ class TopupService:
         check_account_id(account_id)
         account = await self._store.get(account_id)
         key = credit_key(account_id, idempotency_key)
-        async with self._pool.acquire() as conn, conn.transaction():
-            # A key credited before payments were recorded is a replay, never a new charge.
-            credited_amount = await conn.fetchval(
-                "SELECT amount FROM ledger WHERE event_source = 'topup' AND event_id = $1", key)
-            prior = await conn.fetchrow(_PAYMENT, account_id, idempotency_key)
-            if prior is None and credited_amount is None:
-                if account.balance + amount > BALANCE_BOUND:
-                    # Refused before the card is asked: the credit could never land.
-                    raise BalanceOutOfBounds(
-                        f"a top-up of {format_amount(amount)} would take the balance past"
-                        f" {format_amount(BALANCE_BOUND)}; nothing was charged")
-                inserted = await conn.fetchval(
-                    "INSERT INTO topup_payments (account_id, idempotency_key, amount, currency,"
-                    " next_check_at) VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))"
-                    " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING id",
-                    account_id, idempotency_key, amount, account.currency,
-                    float(self.policy.answer_timeout_s))
-                if inserted is None:  # the same key, sent twice at once: the other is first
-                    prior = await conn.fetchrow(_PAYMENT, account_id, idempotency_key)
+        prior, credited_amount = await self._claim(account, amount, idempotency_key)
         if (prior is not None and prior["amount"] != amount) or (
                 credited_amount is not None and credited_amount != amount):
             raise IdempotencyConflict(
@@ -103,9 +93,18 @@ class TopupService:
             raise PaymentDeclined(f"payment declined: {prior['reason'] or 'declined'}")
         if credited_amount is not None:
             return TopupResult("succeeded", account, False, True, None)
+        if prior is not None and prior["status"] == "requested" and prior["awaited"]:
+            # Another request (another replica, the command line) sent this key's charge
+            # and awaits its answer: charging again would leave it to the provider to see
+            # that both are one payment. Its answer, or the settlement, settles it.
+            return TopupResult("pending", account, False, True, None)
         try:
-            result = await self._provider.charge(
-                ChargeRequest(account_id, amount, account.currency, f"topup/{key}"))
+            if prior is not None and prior["status"] == "pending" and prior["payment_id"]:
+                # Charged already, waiting for the bank: ask about that payment.
+                result = await self._provider.status(prior["payment_id"])
+            else:
+                result = await self._provider.charge(
+                    ChargeRequest(account_id, amount, account.currency, f"topup/{key}"))
         except PaymentDeclined:
             raise
         except Exception as exc:
@@ -119,6 +118,41 @@ class TopupService:
             raise PaymentDeclined(f"payment declined: {result.reason or 'declined'}")
         return TopupResult(outcome[0], outcome[1] or account, outcome[2], prior is not None,
                            result.payment_id)
+
+    async def _claim(self, account: Account, amount: int, idempotency_key: str
+                     ) -> tuple[asyncpg.Record | None, int | None]:
+        """The key's payment row as it was (None: this call recorded it, and charges),
+        and the amount credited under the key before payments were recorded, if any."""
+        account_id = account.id
+        async with self._pool.acquire() as conn, conn.transaction():
+            # A key credited before payments were recorded is a replay, never a new charge.
+            credited_amount: int | None = await conn.fetchval(
+                "SELECT amount FROM ledger WHERE event_source = 'topup' AND event_id = $1",
+                credit_key(account_id, idempotency_key))
+            prior = await conn.fetchrow(_PAYMENT, account_id, idempotency_key)
+            if prior is not None or credited_amount is not None:
+                return prior, credited_amount
+            # One new top-up of the account at a time past this point, so that two
+            # cannot both pass the bound's check with credit the other brings.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                               "topup:" + account_id)
+            balance = await conn.fetchval("SELECT balance FROM accounts WHERE id = $1",
+                                          account_id)
+            on_the_way = await conn.fetchval(_IN_FLIGHT, account_id)
+            if balance + on_the_way + amount > BALANCE_BOUND:
+                # Refused before the card is asked: the credit could never land.
+                raise BalanceOutOfBounds(
+                    f"a top-up of {format_amount(amount)} would take the balance past"
+                    f" {format_amount(BALANCE_BOUND)}; nothing was charged")
+            inserted = await conn.fetchval(
+                "INSERT INTO topup_payments (account_id, idempotency_key, amount, currency,"
+                " next_check_at) VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))"
+                " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING id",
+                account_id, idempotency_key, amount, account.currency,
+                float(self.policy.answer_timeout_s))
+            if inserted is None:  # the same key, sent twice at once: the other is first
+                prior = await conn.fetchrow(_PAYMENT, account_id, idempotency_key)
+        return prior, None
 
     async def settle_pending(self) -> int:
         """Ask about top-ups left pending or unanswered; return how many settled now.

@@ -116,3 +116,45 @@ async def test_cli_topup_charges_through_the_provider(settings: Settings,
         await cmd_topup(settings, io.StringIO(), "acct-1", "1.00", "cli-2", provider)
     assert len(provider.captured()) == 1
     assert await balance(pool) == EUR("12.50")
+
+
+async def test_one_key_from_two_processes_is_one_payment(pool: asyncpg.Pool) -> None:
+    # Two replicas (or the API and the command line), each with its own provider client:
+    # whichever sends the key's charge first, the other never sends a second one.
+    await make_account(pool, recharge=None)
+    first, second = SimulatedProvider(), SimulatedProvider()
+    replicas = [TopupService(pool, first, FAST), TopupService(pool, second, FAST)]
+    results = await asyncio.gather(*(
+        replicas[n % 2].topup("acct-1", EUR("10.00"), "same-key") for n in range(10)))
+    assert first.charge_calls + second.charge_calls == 1
+    assert sum(r.credited for r in results) == 1
+    assert {r.status for r in results} <= {"succeeded", "pending"}
+    assert await credits(pool, "topup") == [EUR("10.00")]
+
+    # Pending at the bank: the other replica asks about that payment, it pays no new one.
+    first.set_behaviour("delay:0.3")
+    second.set_behaviour("delay:0.3")
+    pending = await replicas[0].topup("acct-1", EUR("5.00"), "slow-key")
+    assert pending.status == "pending" and first.charge_calls == 2
+    await asyncio.sleep(0.4)
+    settled = await replicas[1].topup("acct-1", EUR("5.00"), "slow-key")
+    assert (settled.status, settled.credited) == ("succeeded", True)
+    assert (first.charge_calls, second.charge_calls) == (2, 0)
+    assert await balance(pool) == EUR("25.00")
+    assert await ledger_explains_balances(pool) == []
+
+
+async def test_top_ups_on_their_way_count_against_the_balance_bound(pool: asyncpg.Pool) -> None:
+    from rating.core.errors import BalanceOutOfBounds
+    from rating.core.money import BALANCE_BOUND
+
+    await make_account(pool, recharge=None)
+    await pool.execute("UPDATE accounts SET balance = $1 WHERE id = 'acct-1'",
+                       BALANCE_BOUND - EUR("10.00"))
+    provider = SimulatedProvider("delay:5")  # both would still be at the bank
+    topups = TopupService(pool, provider, FAST)
+    outcomes = await asyncio.gather(*(topups.topup("acct-1", EUR("6.00"), f"near-{n}")
+                                      for n in range(2)), return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, BalanceOutOfBounds)]
+    assert len(refused) == 1, outcomes  # the second would have been charged, never credited
+    assert provider.charge_calls == 1
