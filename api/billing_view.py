@@ -17,6 +17,7 @@ from rating.payments.provider import PaymentMethod
 from rating.settings import Settings
 from rating.stores.accounts import LedgerEntry
 from rating.stores.billing_reads import Recharge, month_bounds, this_month
+from rating.stores.recharge_requests import recent_recharges
 from rating.stores.recharge_settings import account_view
 
 SERVICE_LABELS = {"call": "Outbound calls", "tollfree": "Toll-free numbers", "sms": "SMS",
@@ -133,6 +134,9 @@ class AutoRecharge:
     disabled_reason: str | None
     in_flight: RechargeLine | None
     last: RechargeLine | None
+    # On, below the threshold, and the day's recharges all made (CONTRACT §12): when
+    # the next one can be.
+    limited_until: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +285,13 @@ async def billing_view(reads: AccountBilling, settings: Settings, account_id: st
     except PaymentUnavailable:
         card = Card(saved=False, unknown=True)
     recharges = await reads.recharges(account_id)
+    limited_until = None
+    if (account.auto_recharge_enabled and recharges.in_flight is None
+            and account.balance < account.low_balance_threshold):
+        async with store.pool.acquire() as conn:
+            recent = await recent_recharges(conn, account_id, account.auto_recharge_max_per_day)
+        if recent.succeeded >= account.auto_recharge_max_per_day and recent.next_allowed_at:
+            limited_until = when_text(recent.next_allowed_at)
     payments = [Payment(Money(t.amount, currency), t.status, t.reason, when_text(t.created_at))
                 for t in await reads.recent_topups(account_id, RECENT_PAYMENTS)]
     auto = shown.get("auto_recharge")
@@ -307,7 +318,8 @@ async def billing_view(reads: AccountBilling, settings: Settings, account_id: st
                              and not account.auto_recharge_enabled else None),
             in_flight=_recharge_line(recharges.in_flight, currency),
             last=_last_recharge(auto_json, shown, _recharge_line(recharges.last, currency),
-                                currency)),
+                                currency),
+            limited_until=limited_until),
         payments=payments,
         presets=[Money(p, currency) for p in presets_for(currency, dict(settings.topup_presets))],
         max_amount=Money(settings.max_amount, currency),

@@ -379,3 +379,24 @@ async def test_speech_to_text_on_the_invoice_is_marked_so(site: Site, browser: B
     assert calls is not None and "0.20 EUR" in calls.group(1) and "invoice" not in calls.group(1)
     assert ">12.1456 EUR</output>" in html  # the call came out of credit, the job did not
     assert "<td>FR</td>" in html and "on invoice" in html
+
+
+async def test_the_days_recharge_limit_is_said_when_it_holds_the_account_below(
+        site: Site, browser: Browser) -> None:
+    # On, below its threshold, and the day's one recharge already made (CONTRACT §12):
+    # the page says why no recharge comes, and when the next can.
+    await browser.open(await site.link("acct-1"))
+    status, _ = await browser.call("PUT", "/billing/auto-recharge",
+                                   {"enabled": True, "amount": "20", "below": "10"})
+    assert status == 200  # above the threshold: nothing requested
+    await site.pool.execute("UPDATE accounts SET auto_recharge_max_per_day = 1,"
+                            " balance = $1 WHERE id = 'acct-1'", parse_amount("5"))
+    _, state = await browser.call("GET", "/billing/state")
+    assert "limit" not in state["parts"]["auto_status"]  # none made today yet
+    await site.pool.execute(
+        "INSERT INTO recharges (crossing_id, account_id, amount, currency, status, settled_at)"
+        " VALUES ('c-1', 'acct-1', $1, 'EUR', 'succeeded', now() - interval '1 hour')",
+        parse_amount("20"))
+    _, state = await browser.call("GET", "/billing/state")
+    said = " ".join(state["parts"]["auto_status"].split())
+    assert "The day's limit of 1 automatic recharge is reached: the next can be made" in said
