@@ -25,11 +25,22 @@ def grant_total(*, available: int, granted: int, used: int, cap: int, rate: Time
 
     ``available`` is the account's balance minus every open hold (this one's included).
     The result ``t`` satisfies ``granted <= t <= granted + cap`` and
-    ``hold(t, used) - hold(granted, used) <= available``; nothing is granted while
+    ``hold(t, used) - hold(granted, used) <= available``, and is an increment boundary
+    (unless the cap is shorter than the increment it ends in); nothing is granted while
     ``available`` is negative.
     """
     if available < 0 or cap < 1:
         return granted
     # cost(t) <= budget is exactly "the hold grows by at most available".
     budget = available + hold(granted, used, rate) + used
-    return max(granted, min(granted + cap, seconds_covered(budget, rate)))
+    return max(granted, min(_whole_within(granted, cap, rate), seconds_covered(budget, rate)))
+
+
+def _whole_within(granted: int, cap: int, rate: TimedRate) -> int:
+    """The last increment boundary (first block, then whole steps) at most ``cap`` seconds
+    past ``granted``: a grant covers whole increments. When the cap ends inside the next
+    increment, with no boundary to stop at, the cap itself (that increment is held)."""
+    first, step = rate.increment.first, rate.increment.step
+    limit = granted + cap
+    boundary = 0 if limit < first else first + (limit - first) // step * step
+    return boundary if boundary > granted else limit

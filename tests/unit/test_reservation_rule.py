@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rating.core.pricing import Increment, TimedRate, cost
+from rating.core.pricing import Increment, TimedRate, billable_seconds, cost
 from rating.core.reservations import grant_total, hold
 
 PER_MINUTE = TimedRate(100_000, 0, Increment(60, 60))  # 0.10 a minute, 60/60
@@ -18,7 +18,11 @@ MOBILE = TimedRate(300_000, 50_000, Increment(30, 6))  # 0.30, 0.05 connect, 30/
     (10_000_000, 0, 0, 300, PER_MINUTE, 300),        # the cap
     (250_000, 0, 0, 300, PER_MINUTE, 120),           # two whole minutes, 0.05 left over
     (99_999, 0, 0, 300, PER_MINUTE, 0),              # not even the first block
-    (10_000_000, 0, 0, 90, PER_MINUTE, 90),          # the cap inside a block: cost(120) held
+    (10_000_000, 0, 0, 90, PER_MINUTE, 60),          # whole increments within the cap
+    (10_000_000, 0, 0, 45, PER_MINUTE, 45),          # no boundary within it: the cap, 60 held
+    (10_000_000, 45, 0, 45, PER_MINUTE, 60),         # ... then the next boundary
+    (10_000_000, 0, 0, 300, TimedRate(60_000, 0, Increment(90, 60)), 270),  # 90 + 3 * 60
+    (10_000_000, 0, 0, 300, TimedRate(15_000, 0, Increment(7, 7)), 294),
     (1_550_000, 0, 0, 300, MOBILE, 300),             # 0.05 + 0.30 * 300 / 60
     (1_549_999, 0, 0, 300, MOBILE, 294),
     (200_000, 0, 0, 300, MOBILE, 30),                # the first block is 0.20, 6 s more 0.03
@@ -47,9 +51,13 @@ def test_a_grant_never_holds_more_than_the_available_credit(
     if total > granted:
         assert available >= 0
         assert hold(total, used, rate) - hold(granted, used, rate) <= available
-        # and it is the most that fits: one second more is past the cap, or starts a block
-        # the credit does not cover
-        more = total + 1
+        # Whole increments: the total is a boundary, unless the cap ends inside the
+        # increment after ``granted`` (then the cap itself).
+        boundary = billable_seconds(total, rate.increment) == total
+        assert boundary or (total == granted + cap
+                            and billable_seconds(granted + 1, rate.increment) > total)
+        # and it is the most that fits: the next boundary is past the cap, or the credit
+        more = billable_seconds(total + 1, rate.increment)
         assert (more > granted + cap
                 or hold(more, used, rate) - hold(granted, used, rate) > available)
 
