@@ -65,7 +65,7 @@ def field_error(value: object, currency: str, max_amount: int = DEFAULT_MAX_AMOU
     if match is None:
         return None, "Enter a number, like 20 or 20.50."
     places = minor_units(currency)
-    if len(match.group(1)) > 20:  # more digits than any amount has (parse_amount refuses)
+    if len(match.group(1).lstrip("0")) > 20:  # more digits than any amount has
         return None, ("Enter an amount greater than zero." if text.startswith("-") else
                       f"Enter at most {display_money(max_amount, currency)}.")
     amount = parse_amount(text) if len(match.group(2) or "") <= DECIMALS else None

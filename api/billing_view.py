@@ -302,7 +302,7 @@ async def billing_view(reads: AccountBilling, settings: Settings, account_id: st
         account=shown, account_id=account.id, plan=account.plan_id, currency=currency,
         balance=Money(account.balance, currency),
         threshold=Money(account.low_balance_threshold, currency),
-        card=card, pay_blocked=_pay_blocked(card),
+        card=card, pay_blocked=_pay_blocked(card) or _payment_on_its_way(payments),
         auto=AutoRecharge(
             enabled=account.auto_recharge_enabled,
             amount=(None if account.auto_recharge_amount is None
@@ -327,6 +327,16 @@ async def billing_view(reads: AccountBilling, settings: Settings, account_id: st
         usage_total=Money(sum(u.debited.micros for u in usage), currency),
         entries=entries, month=month, month_label=since.strftime("%B %Y"),
         stt_on_invoice=account.stt_billing == "invoice")
+
+
+def _payment_on_its_way(payments: list[Payment]) -> str | None:
+    """A one-time payment not settled yet: paying again from a reloaded page (a new key)
+    would be a second payment, while the customer cannot know whether the first took."""
+    for p in payments:
+        if p.status in ("requested", "pending"):
+            return (f"Your payment of {p.amount.text} is still being processed: Pay Now is"
+                    " available again once it has completed (it shows below).")
+    return None
 
 
 def _pay_blocked(card: Card) -> str | None:

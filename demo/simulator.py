@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import itertools
 import random
+import re
 import signal
 import time
 import uuid
@@ -229,10 +230,9 @@ MAX_DEMO_ACCOUNTS = 100_000
 def parse_rate(text: str) -> float:
     """``"200/s"`` or ``"200"`` -> 200.0 events per second."""
     number = text.removesuffix("/s").strip()
-    try:
-        value = float(number)
-    except ValueError:
-        raise ValueError(f"--rate: expected N/s, got {text!r}") from None
+    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,6})?", number, re.ASCII):
+        raise ValueError(f"--rate: expected N/s, got {text!r}")
+    value = float(number)
     if not 0 < value <= MAX_RATE_PER_S:  # NaN too
         raise ValueError(f"--rate: expected more than 0 and at most {MAX_RATE_PER_S:.0f}/s,"
                          f" got {text!r}")

@@ -83,13 +83,8 @@ def _parse_spec(spec: str) -> _Behaviour:
     if text == "unavailable":
         return _Behaviour("unavailable")
     head, sep, tail = text.partition(":")
-    if head == "delay" and sep:
-        try:
-            delay = float(tail)
-        except ValueError:
-            delay = -1.0
-        if 0 <= delay < float("inf"):
-            return _Behaviour("delay", delay)
+    if head == "delay" and sep and re.fullmatch(r"[0-9]{1,7}(\.[0-9]{1,6})?", tail, re.ASCII):
+        return _Behaviour("delay", float(tail))
     raise ValueError(
         "expected 'succeed', 'decline', 'hard_decline', 'unavailable' or 'delay:SECONDS',"
         f" got {spec!r}")

@@ -41,7 +41,7 @@ from rating.payments.provider import (
     PaymentResult,
 )
 from rating.stores.accounts import AccountStore
-from rating.stores.db import is_transient
+from rating.stores.db import Connection, is_transient
 from rating.stores.outbox import insert_events
 from rating.stores.recharge_declines import record_decline
 from rating.stores.recharge_requests import (
@@ -251,7 +251,8 @@ class RechargeService:
                     reason = "cancelled: auto-recharge was turned off"
                 elif account["balance"] >= account["low_balance_threshold"]:
                     reason = "cancelled: balance is back at or above the threshold"
-                elif account["balance"] + account["auto_recharge_amount"] > BALANCE_BOUND:
+                elif account["balance"] + account["auto_recharge_amount"] + (
+                        await _topups_on_their_way(conn, claim.account_id)) > BALANCE_BOUND:
                     reason = "cancelled: the balance would exceed its bound"
                 if reason is not None:
                     await conn.execute(
@@ -307,3 +308,15 @@ class RechargeService:
                 claim.id, claim.attempt, result.payment_id, float(self.policy.settle_poll_s))
             return "pending"
         return await record_decline(self._pool, claim, result, self.policy.retry_delays_s)
+
+
+async def _topups_on_their_way(conn: Connection, account_id: str) -> int:
+    """One-time top-ups charged or being charged and not credited yet: the balance bound
+    counts them, so that neither this recharge nor they are charged for credit it would
+    refuse. Taken under the lock a new top-up of the account takes to check the bound."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                       "topup:" + account_id)
+    total: int = await conn.fetchval(
+        "SELECT coalesce(sum(amount), 0) FROM topup_payments"
+        " WHERE account_id = $1 AND status IN ('requested', 'pending')", account_id)
+    return total

@@ -213,6 +213,13 @@ async def test_a_declined_card_and_an_expired_one_say_why(
         "Your payment of 10.00 EUR is kept and completes by itself")
     await expect(page.locator("#pay-message")).not_to_contain_text("Try again")
     await expect(page.locator("#part-payments")).to_contain_text("10.00 EUR: pending.")
+    # Reloaded (a new key), the page still does not take a second payment meanwhile.
+    await page.reload()
+    await expect(page.get_by_role("button", name="Pay Now")).to_be_disabled()
+    await expect(page.locator("#part-pay_blocked")).to_contain_text(
+        "Your payment of 10.00 EUR is still being processed")
+    assert await engine.pool.fetchval(
+        "SELECT count(*) FROM topup_payments WHERE account_id = $1", silent) == 1
 
 
 async def test_an_expired_or_wrong_link_shows_only_that_it_expired(

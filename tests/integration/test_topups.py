@@ -158,3 +158,25 @@ async def test_top_ups_on_their_way_count_against_the_balance_bound(pool: asyncp
     refused = [o for o in outcomes if isinstance(o, BalanceOutOfBounds)]
     assert len(refused) == 1, outcomes  # the second would have been charged, never credited
     assert provider.charge_calls == 1
+
+
+async def test_a_recharge_counts_top_ups_on_their_way_against_the_balance_bound(
+        pool: asyncpg.Pool) -> None:
+    from rating.core.money import BALANCE_BOUND
+    from rating.stores.recharges import RechargeService
+    from tests.payments_support import crossings
+
+    await make_account(pool, recharge="10.00", below="5.00")
+    await pool.execute("UPDATE accounts SET balance = $1, low_balance_threshold = $2",
+                       BALANCE_BOUND - EUR("14.00"), BALANCE_BOUND - EUR("15.00"))
+    provider = SimulatedProvider("delay:60")  # the top-up stays at the bank
+    pending = await TopupService(pool, provider, FAST).topup("acct-1", EUR("7.00"), "t1")
+    assert pending.status == "pending"
+    await debit(pool, "acct-1", "2.00")  # below the threshold: a recharge of 10.00 is due
+    [crossing] = await crossings(pool)
+    # 10.00 would fit alone; with the 7.00 on its way the credit would pass the bound.
+    outcome = await RechargeService(pool, provider, FAST).on_balance_low("acct-1", crossing)
+    assert outcome == "cancelled"
+    assert provider.charge_calls == 1  # the top-up's only
+    assert await pool.fetchval("SELECT last_reason FROM recharges") == (
+        "cancelled: the balance would exceed its bound")

@@ -85,6 +85,8 @@ def test_the_status_line_is_rewritten_on_a_terminal_and_plain_elsewhere(tty: boo
     ["simulate", "--duration", "-1"],
     ["simulate", "--rate", "nan"],
     ["dev", "--rate", "inf/s"],
+    ["simulate", "--rate", "\u0665/s"],  # digits are ASCII digits
+    ["dev", "--rate", "1_0"],
 ])
 def test_a_bad_demo_option_is_one_line_before_anything_starts(
         argv: list[str], capsys: pytest.CaptureFixture[str],

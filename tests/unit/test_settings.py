@@ -51,6 +51,8 @@ def test_tuning_variables_are_read() -> None:
     ("RATING_USAGE_TOPIC", "bad!topic"),
     ("RATING_DLQ_TOPIC", ".."),
     ("RATING_BALANCE_TOPIC", "balance events"),
+    ("RATING_PAYMENT_SIMULATION", "delay:\u0665"),
+    ("RATING_PAYMENT_SIMULATION", "delay:1e2"),
 ])
 def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as caught:
