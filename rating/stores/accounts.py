@@ -202,9 +202,21 @@ class AccountStore:
         recharge worker sends it within a tick.
         """
         if amount is None:
-            return await self._one(
-                f"UPDATE accounts SET auto_recharge_enabled = false, version = version + 1,"
-                f" updated_at = now() WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}", account_id)
+            async with self._pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    f"UPDATE accounts SET auto_recharge_enabled = false, version = version + 1,"
+                    f" updated_at = now() WHERE id = $1 RETURNING {_ACCOUNT_COLUMNS}",
+                    account_id)
+                if row is None:
+                    raise UnknownAccount(f"unknown account {account_id!r}")
+                # A retry waiting for its time (after a decline) is due now: the recharge
+                # worker calls it off at its next tick and says so, rather than showing
+                # it "in progress" beside "Off" until the wait is over.
+                await conn.execute(
+                    "UPDATE recharges SET next_attempt_at = now(), updated_at = now()"
+                    " WHERE account_id = $1 AND status = 'requested'"
+                    " AND next_attempt_at > now()", account_id)
+            return Account.from_record(row)
         if not (0 < amount <= BALANCE_BOUND and below is not None
                 and 0 <= below <= BALANCE_BOUND):
             raise InvalidRequest("auto-recharge needs 0 < amount and 0 <= threshold, both"

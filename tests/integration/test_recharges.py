@@ -466,3 +466,19 @@ class _Lines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
 
+
+
+async def test_turning_it_off_during_a_retry_wait_calls_the_retry_off_at_once(
+        pool: asyncpg.Pool) -> None:
+    await make_account(pool)
+    await debit(pool, "acct-1", "6.00")
+    provider = SimulatedProvider("decline")
+    service = RechargeService(pool, provider, RechargePolicy(
+        retry_delays_s=(600.0,), answer_timeout_s=0.6, settle_poll_s=0.1))
+    assert await service.on_balance_low("acct-1", (await crossings(pool))[0]) == "declined"
+    assert await service.run_due() == []  # the retry waits ten minutes
+    await AccountStore(pool).set_auto_recharge("acct-1", amount=None, below=None)
+    assert await service.run_due() == ["cancelled"]  # not ten minutes later
+    assert await pool.fetchval("SELECT last_reason FROM recharges") == (
+        "cancelled: auto-recharge was turned off")
+    assert len(provider.payments) == 1
