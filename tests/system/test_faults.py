@@ -134,10 +134,19 @@ async def test_database_stopped_twice_and_broker_cut_twice_while_events_flow(
             NewAccount(a, "standard", "EUR", parse_amount("1000")) for a in accounts)
     finally:
         await pool.close()
-    events = call_events("o", accounts, 3000)
+    flowing = call_events("o", accounts, 3000)
+    # Sent after each recovery, so that billing has something to resume with even when
+    # the flow above has all been sent (and billed) by then.
+    after = [call_events(f"after-{n}", accounts, 40) for n in range(4)]
+    events = flowing + [e for burst in after for e in burst]
     log = tmp_path / "engine.log"
     engine = start_engine(engine_env(settings, RATING_BATCH_MAX_EVENTS="100"), log)
-    publisher = Publisher(bootstrap, settings.usage_topic, events, burst=40, every_s=0.25)
+    publisher = Publisher(bootstrap, settings.usage_topic, flowing, burst=40, every_s=0.25)
+
+    async def resumed(burst: list[tuple[str, bytes]], seen: int, what: str) -> int:
+        await asyncio.to_thread(publish_with_librdkafka, bootstrap, settings.usage_topic, burst)
+        return await progress(pg.dsn, seen, what)
+
     try:
         await wait_for_log(log, "rating engine running", engine)
         publisher.start()
@@ -147,13 +156,13 @@ async def test_database_stopped_twice_and_broker_cut_twice_while_events_flow(
             await asyncio.sleep(8)
             pg = EmbeddedPostgres(pg.data_dir, server_options=FAST_PG, port=pg.port)
             await pg.start()
-            seen = await progress(pg.dsn, seen, f"billing resumed after database outage "
-                                  f"{outage + 1}")
+            seen = await resumed(after[2 * outage], seen,
+                                 f"billing resumed after database outage {outage + 1}")
             await proxy.cut()
             await asyncio.sleep(4)
             await proxy.start()
-            seen = await progress(pg.dsn, seen, f"billing resumed after broker cut "
-                                  f"{outage + 1}")
+            seen = await resumed(after[2 * outage + 1], seen,
+                                 f"billing resumed after broker cut {outage + 1}")
             assert engine.poll() is None, log.read_text()[-3000:]
         await publisher.done()
 
