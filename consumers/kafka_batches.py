@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -36,6 +36,20 @@ def _check_fetcher(consumer: AIOKafkaConsumer) -> None:
         f" ({describe(cause)})" if cause is not None else "")) from error
 
 
+async def stop_client(consumer: AIOKafkaConsumer) -> None:
+    """``consumer.stop()``, leaving the group whatever its generation.
+
+    aiokafka sends LeaveGroup on stop only past generation 0 (Kafka's first generation
+    is 1); the embedded broker's first is 0, and a member that does not leave holds its
+    partitions until its session expires: the member that replaces it (a restart, a new
+    client) waits that long for them.
+    """
+    coordinator: Any = getattr(consumer, "_coordinator", None)
+    if getattr(coordinator, "generation", None) == 0 and getattr(coordinator, "member_id", ""):
+        coordinator.generation = 1  # the LeaveGroup request itself carries no generation
+    await consumer.stop()
+
+
 async def replace_client(old: AIOKafkaConsumer,
                          new: Callable[[], AIOKafkaConsumer]) -> AIOKafkaConsumer:
     """A started client in place of ``old``, which stopped fetching (``FetcherStopped``).
@@ -46,7 +60,7 @@ async def replace_client(old: AIOKafkaConsumer,
     outage): ``old`` is closed by then, and the caller tries again later.
     """
     try:  # leaves the group, then fails on the ended fetch task
-        await asyncio.wait_for(old.stop(), 10)
+        await asyncio.wait_for(stop_client(old), 10)
     except Exception:
         with contextlib.suppress(Exception):  # the connections stop() did not reach
             await old._client.close()

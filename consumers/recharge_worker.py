@@ -27,6 +27,7 @@ from consumers.kafka_batches import (
     commit_past,
     poll_records,
     replace_client,
+    stop_client,
 )
 from consumers.retry import (
     StoppedWhileRetrying,
@@ -147,7 +148,7 @@ class RechargeWorker:
         self._closed = True
         self.stopping.set()
         if self._starting:
-            await self._consumer.stop()
+            await stop_client(self._consumer)
 
     async def __aenter__(self) -> RechargeWorker:
         await self.start()

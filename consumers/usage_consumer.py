@@ -43,6 +43,7 @@ from consumers.kafka_batches import (
     commit_offsets,
     poll_partitions,
     replace_client,
+    stop_client,
 )
 from consumers.retry import (
     Backoff,
@@ -389,4 +390,4 @@ class UsageConsumer:
         self._closed = True
         _LIVE.discard(self)
         if self._starting:
-            await self._consumer.stop()
+            await stop_client(self._consumer)
