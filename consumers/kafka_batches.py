@@ -41,8 +41,9 @@ async def stop_client(consumer: AIOKafkaConsumer) -> None:
 
     aiokafka sends LeaveGroup on stop only past generation 0 (Kafka's first generation
     is 1); the embedded broker's first is 0, and a member that does not leave holds its
-    partitions until its session expires: the member that replaces it (a restart, a new
-    client) waits that long for them.
+    partitions until its session expires: the client that replaces it waits that long.
+    Only for a replacement, under a deadline: a LeaveGroup waits for the broker's answer
+    (up to the request timeout), which an engine's shutdown must not.
     """
     coordinator: Any = getattr(consumer, "_coordinator", None)
     if getattr(coordinator, "generation", None) == 0 and getattr(coordinator, "member_id", ""):

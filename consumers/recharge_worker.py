@@ -27,7 +27,6 @@ from consumers.kafka_batches import (
     commit_past,
     poll_records,
     replace_client,
-    stop_client,
 )
 from consumers.retry import (
     StoppedWhileRetrying,
@@ -148,7 +147,7 @@ class RechargeWorker:
         self._closed = True
         self.stopping.set()
         if self._starting:
-            await stop_client(self._consumer)
+            await self._consumer.stop()
 
     async def __aenter__(self) -> RechargeWorker:
         await self.start()

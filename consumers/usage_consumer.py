@@ -43,7 +43,6 @@ from consumers.kafka_batches import (
     commit_offsets,
     poll_partitions,
     replace_client,
-    stop_client,
 )
 from consumers.retry import (
     Backoff,
@@ -390,4 +389,4 @@ class UsageConsumer:
         self._closed = True
         _LIVE.discard(self)
         if self._starting:
-            await stop_client(self._consumer)
+            await self._consumer.stop()
