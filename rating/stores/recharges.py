@@ -41,7 +41,8 @@ from rating.payments.provider import (
     PaymentResult,
 )
 from rating.stores.accounts import AccountStore
-from rating.stores.db import Connection, is_transient
+from rating.stores.credit_on_its_way import credit_on_its_way
+from rating.stores.db import is_transient
 from rating.stores.outbox import insert_events
 from rating.stores.recharge_declines import record_decline
 from rating.stores.recharge_requests import (
@@ -252,7 +253,8 @@ class RechargeService:
                 elif account["balance"] >= account["low_balance_threshold"]:
                     reason = "cancelled: balance is back at or above the threshold"
                 elif account["balance"] + account["auto_recharge_amount"] + (
-                        await _topups_on_their_way(conn, claim.account_id)) > BALANCE_BOUND:
+                        await credit_on_its_way(conn, claim.account_id,
+                                                besides_recharge=claim.id)) > BALANCE_BOUND:
                     reason = "cancelled: the balance would exceed its bound"
                 if reason is not None:
                     await conn.execute(
@@ -309,14 +311,3 @@ class RechargeService:
             return "pending"
         return await record_decline(self._pool, claim, result, self.policy.retry_delays_s)
 
-
-async def _topups_on_their_way(conn: Connection, account_id: str) -> int:
-    """One-time top-ups charged or being charged and not credited yet: the balance bound
-    counts them, so that neither this recharge nor they are charged for credit it would
-    refuse. Taken under the lock a new top-up of the account takes to check the bound."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                       "topup:" + account_id)
-    total: int = await conn.fetchval(
-        "SELECT coalesce(sum(amount), 0) FROM topup_payments"
-        " WHERE account_id = $1 AND status IN ('requested', 'pending')", account_id)
-    return total

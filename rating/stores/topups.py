@@ -27,6 +27,7 @@ from rating.core.identifiers import check_account_id, check_text, credit_key
 from rating.core.money import BALANCE_BOUND, format_amount
 from rating.payments.provider import ChargeRequest, PaymentProvider, PaymentResult
 from rating.stores.accounts import Account, AccountStore
+from rating.stores.credit_on_its_way import credit_on_its_way
 from rating.stores.db import is_transient
 from rating.stores.recharges import RechargePolicy
 
@@ -37,13 +38,6 @@ TopupStatus = Literal["succeeded", "pending"]
 # ``awaited``: a charge with this key was sent and its answer is not overdue yet.
 _PAYMENT = ("SELECT amount, status, reason, payment_id, next_check_at > now() AS awaited"
             " FROM topup_payments WHERE account_id = $1 AND idempotency_key = $2")
-# Credit on its way to the account: top-ups and automatic recharges not settled yet.
-_IN_FLIGHT = """
-SELECT (SELECT coalesce(sum(amount), 0) FROM topup_payments
-        WHERE account_id = $1 AND status IN ('requested', 'pending'))
-     + (SELECT coalesce(sum(amount), 0) FROM recharges
-        WHERE account_id = $1 AND status IN ('requested', 'charging', 'pending'))
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +126,11 @@ class TopupService:
             prior = await conn.fetchrow(_PAYMENT, account_id, idempotency_key)
             if prior is not None or credited_amount is not None:
                 return prior, credited_amount
-            # One new top-up of the account at a time past this point, so that two
+            # One new charge of the account at a time past this point, so that two
             # cannot both pass the bound's check with credit the other brings.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                               "topup:" + account_id)
+            on_the_way = await credit_on_its_way(conn, account_id)
             balance = await conn.fetchval("SELECT balance FROM accounts WHERE id = $1",
                                           account_id)
-            on_the_way = await conn.fetchval(_IN_FLIGHT, account_id)
             if balance + on_the_way + amount > BALANCE_BOUND:
                 # Refused before the card is asked: the credit could never land.
                 raise BalanceOutOfBounds(
