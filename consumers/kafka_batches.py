@@ -36,14 +36,14 @@ def _check_fetcher(consumer: AIOKafkaConsumer) -> None:
         f" ({describe(cause)})" if cause is not None else "")) from error
 
 
-async def stop_client(consumer: AIOKafkaConsumer) -> None:
+async def _leave_and_stop(consumer: AIOKafkaConsumer) -> None:
     """``consumer.stop()``, leaving the group whatever its generation.
 
     aiokafka sends LeaveGroup on stop only past generation 0 (Kafka's first generation
     is 1); the embedded broker's first is 0, and a member that does not leave holds its
     partitions until its session expires: the client that replaces it waits that long.
-    Only for a replacement, under a deadline: a LeaveGroup waits for the broker's answer
-    (up to the request timeout), which an engine's shutdown must not.
+    Private to ``replace_client``, under its deadline: a LeaveGroup waits for the
+    broker's answer (up to the request timeout), which an engine's shutdown must not.
     """
     coordinator: Any = getattr(consumer, "_coordinator", None)
     if getattr(coordinator, "generation", None) == 0 and getattr(coordinator, "member_id", ""):
@@ -61,7 +61,7 @@ async def replace_client(old: AIOKafkaConsumer,
     outage): ``old`` is closed by then, and the caller tries again later.
     """
     try:  # leaves the group, then fails on the ended fetch task
-        await asyncio.wait_for(stop_client(old), 10)
+        await asyncio.wait_for(_leave_and_stop(old), 10)
     except Exception:
         with contextlib.suppress(Exception):  # the connections stop() did not reach
             await old._client.close()
