@@ -163,10 +163,7 @@ async def simulate_command(settings: Settings, args: argparse.Namespace) -> int:
     token = settings.switch_token
     if token is None:
         raise CommandError("--reservations needs RATING_SWITCH_TOKEN (the switch credential)")
-    try:
-        rate_per_s = simulator.parse_rate(args.rate)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
+    rate_per_s = simulator.parse_rate(args.rate)  # checked before (check_options)
     gate = AccountGate()  # as without reservations: nothing new after balance.exhausted
     traffic = TrafficGenerator(simulator.demo_accounts(args.accounts),
                                simulator.destinations_for(TariffStore(settings.tariffs_dir)),

@@ -24,7 +24,6 @@ from demo.simulator import (
 from demo.status_line import run_status_line
 from demo.switch_gate import AccountGate, follow_balance_events
 from engine.assembly import Engine, serve
-from rating.core.errors import CommandError
 from rating.core.money import parse_amount
 from rating.settings import Settings
 from rating.stores.accounts import AccountStore, NewAccount
@@ -108,11 +107,8 @@ def dev_command(settings: Settings, options: argparse.Namespace) -> int:
     """``rating-engine dev``: the engine with demo accounts and simulated traffic.
 
     Card payments are simulated: ``succeed`` unless RATING_PAYMENT_SIMULATION says otherwise.
+    Its options were checked before (``demo.simulator.check_options``).
     """
-    try:
-        parse_rate(options.rate)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
     if options.reservations and settings.switch_token is None:
         # The simulated switch needs a credential; one for this run only.
         settings = replace(settings, switch_token=secrets.token_urlsafe(18))

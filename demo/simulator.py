@@ -27,7 +27,6 @@ from aiokafka import AIOKafkaProducer
 
 from demo.switch_gate import AccountGate, follow_balance_events
 from engine.services import kafka_bootstrap, kafka_producer
-from rating.core.errors import CommandError
 from rating.settings import Settings
 from rating.tariffbook.book import TariffStore
 
@@ -250,10 +249,7 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 async def simulate_command(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        rate_per_s = parse_rate(args.rate)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
+    rate_per_s = parse_rate(args.rate)  # checked before (check_options)
     gate = AccountGate()
     traffic = TrafficGenerator(demo_accounts(args.accounts),
                                destinations_for(TariffStore(settings.tariffs_dir)), gate=gate)
